@@ -1,0 +1,35 @@
+"""prunelab: post-hoc pruning of trained PyTorch networks.
+
+>>> import torch, prunelab
+>>> net = prunelab.build_mlp(prunelab.MLPConfig(hidden=(64, 32)), torch.Generator().manual_seed(0))
+>>> pruned = prunelab.apply_weights(net, prunelab.prune(net, "unit", 0.5))
+>>> prunelab.measure_sparsity(pruned).layers[0].zero_fraction
+0.5
+"""
+
+from prunelab.data import load_dataset
+from prunelab.evaluate import evaluate
+from prunelab.model import MLP, MLPConfig, build_mlp
+from prunelab.pruning import METHODS, PruneContext, apply_weights, prune
+from prunelab.results import load_results, load_run
+from prunelab.sparsity import measure_sparsity
+from prunelab.sweep import SweepConfig
+from prunelab.train import TrainConfig, train
+
+__all__ = [
+    "METHODS",
+    "MLP",
+    "MLPConfig",
+    "PruneContext",
+    "SweepConfig",
+    "TrainConfig",
+    "apply_weights",
+    "build_mlp",
+    "evaluate",
+    "load_dataset",
+    "load_results",
+    "load_run",
+    "measure_sparsity",
+    "prune",
+    "train",
+]

@@ -1,0 +1,213 @@
+"""Command line: thin wrappers, each subcommand calls into the library.
+
+Sparsities are given in percent here, like the original challenge, and converted to fractions.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from prunelab.data import DATASETS, load_dataset
+from prunelab.model import MLPConfig
+from prunelab.plots import plot_results
+from prunelab.pruning import METHODS
+from prunelab.report import write_report
+from prunelab.results import RunConfig, load_results
+from prunelab.sweep import (
+    DEFAULT_SPARSITIES,
+    SweepConfig,
+    ensure_trained,
+    resolve_device,
+    run_sweep,
+)
+from prunelab.train import StepInfo, TrainConfig
+
+__all__ = ["cli", "main", "parse_hidden", "parse_methods", "parse_percents"]
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages with a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, TypeError, OSError) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; files already written are intact", err=True)
+            sys.exit(130)
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``"1000,1000,500,200"`` -> (1000, 1000, 500, 200); positive integers only."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--hidden must be comma-separated positive integers, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def parse_percents(text: str) -> tuple[float, ...]:
+    """``"0,25,99"`` (percent) -> (0.0, 0.25, 0.99) (fractions); each in [0, 100]."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--sparsities takes percents in [0, 100], got {part!r}") from None
+        if not 0 <= value <= 100:
+            raise ValueError(f"--sparsities takes percents in [0, 100], got {part}")
+        values.append(value / 100)
+    return tuple(values)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"weight,unit"`` or ``"all"`` -> method names (checked by ``SweepConfig``)."""
+    if text.strip() == "all":
+        return tuple(METHODS)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _train_options(f: Callable) -> Callable:
+    options = [
+        click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist",
+                     show_default=True),
+        click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
+        click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True),
+        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
+        click.option("--hidden", default=",".join(map(str, MLPConfig.hidden)), show_default=True,
+                     help="Hidden layer widths, comma-separated."),
+        click.option("--bias/--no-bias", default=False, show_default=True,
+                     help="Give Linear layers biases (the original has none)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Run folder [default: runs/<dataset>-seed<seed>]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _common_options(f: Callable) -> Callable:
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu or cuda[:N].")(f)
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                        help="Folder holding fashion-mnist/ and mnist/ (else PRUNELAB_DATA, "
+                             "the cache, a download).")(f)
+
+
+def _sweep_options(f: Callable) -> Callable:
+    f = click.option("--calibration-size", type=int, default=SweepConfig.calibration_size,
+                     show_default=True, help="Training images for calibration-aware methods.")(f)
+    f = click.option("--methods", default="weight,unit", show_default=True,
+                     help=f"Comma-separated, or 'all'. Registered: {', '.join(METHODS)}.")(f)
+    default = ",".join(f"{100 * s:g}" for s in DEFAULT_SPARSITIES)
+    return click.option("--sparsities", default=default, show_default=True,
+                        help="Percent of each hidden layer to prune.")(f)
+
+
+def _run_config(dataset: str, epochs: int, seed: int, batch_size: int, lr: float, hidden: str,
+                bias: bool) -> RunConfig:
+    return RunConfig(dataset, MLPConfig(hidden=parse_hidden(hidden), bias=bias),
+                     TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+
+
+def _train(config: RunConfig, out: Path | None, data_dir: Path | None, device: str):
+    run_dir = out or Path("runs") / f"{config.dataset}-seed{config.train.seed}"
+    dev = resolve_device(device)
+    data = load_dataset(config.dataset, data_dir)
+    steps = config.train.epochs * -(-len(data.train_x) // config.train.batch_size)
+    with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True) as bar:
+        def on_step(info: StepInfo) -> None:
+            bar.update(1)
+            if info.step % 20 == 0 or info.step == info.steps_per_epoch:
+                bar.set_postfix(epoch=info.epoch, loss=f"{info.loss:.4f}",
+                                acc=f"{info.accuracy:.4f}", refresh=False)
+
+        run, trained = ensure_trained(run_dir, config, data, dev, on_step)
+        if not trained:
+            bar.close()
+    if trained:
+        last = run.history[-1]
+        click.echo(f"trained {run_dir}: test accuracy {100 * last['test_accuracy']:.2f} %")
+    else:
+        click.echo(f"reusing the model in {run_dir} (trained with the same configuration)")
+    return run_dir, data, dev
+
+
+def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, data=None) -> None:
+    total = len(config.methods) * len(config.sparsities)
+    with tqdm(total=total, desc="sweep", unit="model", dynamic_ncols=True) as bar:
+        def on_row(row: dict[str, Any]) -> None:
+            bar.update(1)
+            bar.set_postfix(method=row["method"], k=f"{row['sparsity_pct']:g}",
+                            acc=f"{100 * row['accuracy']:.2f}")
+
+        results = run_sweep(run_dir, config, data_dir, device, on_row, data=data)
+    click.echo(f"dense accuracy {100 * results.dense['accuracy']:.2f} %; "
+               f"results in {run_dir / 'results.csv'}")
+
+
+def _report(run_dir: Path) -> None:
+    results = load_results(run_dir)
+    plot_results(results, run_dir / "plots")
+    click.echo(f"report: {write_report(results, run_dir)}")
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """prunelab: post-hoc pruning of trained networks."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@_train_options
+@_sweep_options
+@_common_options
+def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, sparsities, methods,
+        calibration_size, device, data_dir) -> None:
+    """Train (unless already trained), sweep every method and sparsity, plot, report."""
+    config = _run_config(dataset, epochs, seed, batch_size, lr, hidden, bias)
+    sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
+                               calibration_size)
+    run_dir, data, dev = _train(config, out, data_dir, device)
+    _sweep(run_dir, sweep_config, data_dir, dev, data)
+    _report(run_dir)
+
+
+@cli.command()
+@_train_options
+@_common_options
+def train(dataset, epochs, seed, batch_size, lr, hidden, bias, out, device, data_dir) -> None:
+    """Train a model into a run folder (reused when already trained the same way)."""
+    _train(_run_config(dataset, epochs, seed, batch_size, lr, hidden, bias), out, data_dir,
+           device)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_sweep_options
+@_common_options
+def sweep(run_dir, sparsities, methods, calibration_size, device, data_dir) -> None:
+    """Prune the model in RUN_DIR with every method at every sparsity; write results."""
+    config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size)
+    _sweep(run_dir, config, data_dir, resolve_device(device))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir) -> None:
+    """Plots and report.md from the results saved in RUN_DIR."""
+    _report(run_dir)
+
+
+def main() -> None:
+    cli(prog_name="prunelab")

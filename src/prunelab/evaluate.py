@@ -1,0 +1,30 @@
+"""Accuracy and mean cross-entropy of a classifier on in-memory tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> tuple[float, float]:
+    """(accuracy in [0, 1], mean softmax cross-entropy) of ``model`` on ``(x, y)``."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"need as many labels as samples (>0), got {len(x)} and {len(y)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        yb = y[start : start + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    return correct / len(x), loss_sum / len(x)

@@ -1,0 +1,153 @@
+"""Post-hoc pruning methods, a registry mapping names to them, and applying their output.
+
+Compute, then apply: a method returns new weights (torch layout, out x in) for the layers it
+prunes and never changes the model; ``apply_weights`` builds a pruned copy.
+
+>>> import torch
+>>> from prunelab.model import MLPConfig, build_mlp
+>>> net = build_mlp(MLPConfig(hidden=(64, 32)), torch.Generator().manual_seed(0))
+>>> weights = prune(net, "weight", 0.5)
+>>> sorted(weights)  # the last layer is left alone
+['layers.0', 'layers.1']
+>>> pruned = apply_weights(net, weights)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.model import linear_layers
+from prunelab.pruning.magnitude import unit_pruning, weight_pruning
+
+__all__ = [
+    "GRANULARITIES",
+    "METHODS",
+    "PruneContext",
+    "PruningMethod",
+    "apply_weights",
+    "check_sparsity",
+    "prunable_layers",
+    "prune",
+    "register",
+]
+
+GRANULARITIES = ("weight", "unit", "n:m")
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What a method may use beyond the weights."""
+
+    calibration: torch.Tensor | None = None
+    """(N, features) training inputs for calibration-aware methods; never test data."""
+    generator: torch.Generator | None = None
+    """Randomness for randomised methods."""
+
+
+ComputeFn = Callable[[nn.Module, list[str], float, PruneContext], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    """A registered method: ``compute(model, layer_names, sparsity, context) -> new weights``."""
+
+    name: str
+    """Registry key, used in results and on the CLI."""
+    granularity: str
+    """What it removes: one of ``GRANULARITIES``."""
+    compute: ComputeFn
+    """Returns {layer name: new weight (out x in)} for each named layer; must not mutate."""
+    description: str
+    """One line for reports and ``--help``."""
+    needs_calibration: bool = False
+    """Whether ``context.calibration`` must be given."""
+
+
+METHODS: dict[str, PruningMethod] = {}
+
+
+def register(method: PruningMethod) -> PruningMethod:
+    """Add ``method`` to ``METHODS``; names are unique."""
+    if method.name in METHODS:
+        raise ValueError(f"a pruning method named {method.name!r} is already registered")
+    if method.granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {method.granularity!r}")
+    METHODS[method.name] = method
+    return method
+
+
+def _layerwise(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> ComputeFn:
+    def compute(model: nn.Module, names: list[str], sparsity: float, context: PruneContext):
+        modules = dict(model.named_modules())
+        return {name: fn(modules[name].weight.detach(), sparsity) for name in names}
+
+    return compute
+
+
+register(PruningMethod(
+    "weight", "weight", _layerwise(weight_pruning),
+    "per layer, zero the weights with |w| below the k-th percentile of |W|",
+))
+register(PruningMethod(
+    "unit", "unit", _layerwise(unit_pruning),
+    "per layer, zero the units whose incoming-weight L2 norm is below the k-th percentile",
+))
+
+
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float in [0, 1], or a ``ValueError`` naming it."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+        raise TypeError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1] (a fraction), got {sparsity!r}")
+    return float(sparsity)
+
+
+def prunable_layers(model: nn.Module, include_last: bool = False) -> list[str]:
+    """Names of the ``nn.Linear`` layers to prune: all but the last unless ``include_last``."""
+    names = [name for name, _ in linear_layers(model)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to prune")
+    return names if include_last else names[:-1]
+
+
+def prune(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    layers: list[str] | None = None,
+    context: PruneContext | None = None,
+) -> dict[str, torch.Tensor]:
+    """New weights for ``layers`` (default: every Linear but the last) pruned by ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
+    spec = METHODS[method]
+    sparsity = check_sparsity(sparsity)
+    context = context or PruneContext()
+    if spec.needs_calibration and context.calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data")
+    linear = dict(linear_layers(model))
+    names = prunable_layers(model) if layers is None else list(layers)
+    unknown = [n for n in names if n not in linear]
+    if unknown:
+        raise ValueError(f"not nn.Linear layers of the model: {unknown}; have {sorted(linear)}")
+    with torch.no_grad():
+        return spec.compute(model, names, sparsity, context)
+
+
+def apply_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` whose named Linear layers carry ``weights``."""
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name, w in weights.items():
+            target = modules.get(name)
+            if not isinstance(target, nn.Linear) or target.weight.shape != w.shape:
+                raise ValueError(f"cannot apply a {tuple(w.shape)} weight to layer {name!r}")
+            target.weight.copy_(w)
+    return pruned

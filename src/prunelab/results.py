@@ -1,0 +1,199 @@
+"""The run folder: config, model, training history, sweep results. Written atomically.
+
+A run folder holds ``config.json`` (dataset, model and training settings), ``model.safetensors``,
+``history.json``, and after a sweep ``results.csv`` / ``results.json``. Every file is written to
+a temporary name and renamed, so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from prunelab.data import DATASETS
+from prunelab.model import MLP, MLPConfig, build_mlp
+from prunelab.train import EpochStats, TrainConfig
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "Results",
+    "Run",
+    "RunConfig",
+    "atomic_write",
+    "environment_info",
+    "has_trained_model",
+    "load_results",
+    "load_run",
+    "save_run",
+    "write_results",
+]
+
+CONFIG, MODEL, HISTORY = "config.json", "model.safetensors", "history.json"
+RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
+RESULT_COLUMNS = (
+    "method", "granularity", "sparsity_pct", "accuracy", "loss", "zero_fraction",
+    "effective_sparsity", "params_remaining", "params_total", "macs_per_sample", "seconds",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a trained model."""
+
+    dataset: str = "fashion-mnist"
+    """A key of ``prunelab.data.DATASETS``."""
+    model: MLPConfig = field(default_factory=MLPConfig)
+    """Network shape."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training recipe and seed."""
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"]["hidden"] = list(self.model.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        model = dict(d["model"], hidden=tuple(d["model"]["hidden"]))
+        return cls(d["dataset"], MLPConfig(**model), TrainConfig(**d["train"]))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained model with its config and history, as loaded from a run folder."""
+
+    config: RunConfig
+    model: MLP
+    history: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Results:
+    """A sweep's output as loaded from a run folder."""
+
+    dense: dict[str, float]
+    """Accuracy and loss of the unpruned model."""
+    rows: list[dict[str, Any]]
+    """One row per (method, sparsity), with ``RESULT_COLUMNS`` and per-layer details."""
+    meta: dict[str, Any]
+    """Run config, environment and sweep settings."""
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} holds no {what} ({path.name} is missing)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Versions and hardware, for reports."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
+def save_run(run_dir: Path, config: RunConfig, model: MLP, history: list[EpochStats]) -> None:
+    """Save a freshly trained model; the config is written last and marks the model complete."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG).unlink(missing_ok=True)  # a model without its config is never reused
+    _write_json(run_dir / HISTORY, [asdict(h) for h in history])
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run_dir / MODEL, safetensors.torch.save(state))
+    _write_json(run_dir / CONFIG, config.to_dict())
+
+
+def has_trained_model(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a model trained with exactly ``config``."""
+    path = run_dir / CONFIG
+    if not (path.is_file() and (run_dir / MODEL).is_file()):
+        return False
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text())) == config
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def load_run(run_dir: Path) -> Run:
+    """The trained model of ``run_dir`` with its config and history."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    raw = _read_json(run_dir / CONFIG, "trained model")
+    try:
+        config = RunConfig.from_dict(raw)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{run_dir / CONFIG}: not a prunelab run config ({e})") from None
+    if not (run_dir / MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no trained model ({MODEL} is missing)")
+    model = build_mlp(config.model)
+    try:
+        model.load_state_dict(safetensors.torch.load_file(run_dir / MODEL))
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{run_dir / MODEL}: does not match {CONFIG} ({e})") from None
+    history = _read_json(run_dir / HISTORY, "history") if (run_dir / HISTORY).is_file() else []
+    return Run(config, model, history)
+
+
+def write_results(run_dir: Path, dense: dict[str, float], rows: list[dict[str, Any]],
+                  meta: dict[str, Any]) -> None:
+    """Write ``results.csv`` and ``results.json`` atomically (called after every row)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_json(run_dir / RESULTS_JSON, {"dense": dense, "rows": rows, "meta": meta})
+    atomic_write(run_dir / RESULTS_CSV, buf.getvalue())
+
+
+def load_results(run_dir: Path) -> Results:
+    """The sweep results saved in ``run_dir``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    raw = _read_json(run_dir / RESULTS_JSON, "sweep results (run `prunelab sweep` first)")
+    try:
+        return Results(raw["dense"], raw["rows"], raw["meta"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{run_dir / RESULTS_JSON}: not prunelab sweep results") from None

@@ -1,0 +1,198 @@
+"""Orchestration: train into a run folder; sweep methods x sparsities and save results.
+
+Results are written after every (method, sparsity), so an interrupted sweep leaves the rows
+computed so far in ``results.csv``/``results.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.data import Dataset, load_dataset
+from prunelab.evaluate import evaluate
+from prunelab.model import build_mlp
+from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
+from prunelab.results import (
+    Results,
+    Run,
+    RunConfig,
+    environment_info,
+    has_trained_model,
+    load_results,
+    load_run,
+    save_run,
+    write_results,
+)
+from prunelab.sparsity import measure_sparsity
+from prunelab.train import StepInfo, train
+
+__all__ = [
+    "DEFAULT_SPARSITIES",
+    "SweepConfig",
+    "calibration_set",
+    "ensure_trained",
+    "resolve_device",
+    "run_sweep",
+    "sweep",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Which methods at which sparsities."""
+
+    methods: tuple[str, ...] = ("weight", "unit")
+    """Names from ``prunelab.pruning.METHODS``."""
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    """Fractions in [0, 1] removed from every pruned layer."""
+    calibration_size: int = 2048
+    """Training images given to calibration-aware methods (never test images)."""
+
+    def __post_init__(self) -> None:
+        methods, sparsities = tuple(self.methods), tuple(self.sparsities)
+        if not methods:
+            raise ValueError("no pruning methods given")
+        if not sparsities:
+            raise ValueError("no sparsities given")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown pruning method(s) {unknown}; choose from {sorted(METHODS)}")
+        for name, values in (("method", methods), ("sparsity", sparsities)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"repeated {name} in {list(values)}")
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "sparsities", tuple(check_sparsity(s) for s in sparsities))
+        if not isinstance(self.calibration_size, int) or self.calibration_size <= 0:
+            raise ValueError(f"calibration size must be a positive integer, "
+                             f"got {self.calibration_size!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must name a usable device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def calibration_set(data: Dataset, size: int, seed: int) -> torch.Tensor:
+    """``size`` training images drawn without replacement with ``seed``."""
+    if not 0 < size <= len(data.train_x):
+        raise ValueError(f"calibration size must be in 1..{len(data.train_x)}, got {size}")
+    idx = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(seed))[:size]
+    return data.train_x[idx]
+
+
+def sweep(
+    model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Yield one result row per method and sparsity, pruning and evaluating as it goes."""
+    needs_calibration = any(METHODS[m].needs_calibration for m in config.methods)
+    context = PruneContext(
+        calibration=calibration_set(data, config.calibration_size, seed)
+        if needs_calibration else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    for method in config.methods:
+        for sparsity in config.sparsities:
+            start = time.perf_counter()
+            pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+            seconds = time.perf_counter() - start
+            accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
+            stats = measure_sparsity(pruned)
+            log.info("%s @ %g%%: accuracy %.4f", method, sparsity * 100, accuracy)
+            yield {
+                "method": method,
+                "granularity": METHODS[method].granularity,
+                "sparsity_pct": round(sparsity * 100, 6),
+                "accuracy": accuracy,
+                "loss": loss,
+                "zero_fraction": stats.zero_fraction,
+                "effective_sparsity": stats.effective_sparsity,
+                "params_remaining": stats.params_remaining,
+                "params_total": stats.params_total,
+                "macs_per_sample": stats.macs_per_sample,
+                "seconds": seconds,
+                "layers": [asdict(layer) for layer in stats.layers],
+            }
+
+
+def ensure_trained(
+    run_dir: Path,
+    config: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> tuple[Run, bool]:
+    """The run folder's model if trained with ``config``, else a newly trained one.
+
+    Returns (run, trained_now).
+    """
+    if has_trained_model(run_dir, config):
+        return load_run(run_dir), False
+    model = build_mlp(config.model, torch.Generator().manual_seed(config.train.seed))
+    history = train(model, data, config.train, device, on_step)
+    model.cpu()
+    save_run(run_dir, config, model, history)
+    return load_run(run_dir), True
+
+
+def _rows_to_keep(run_dir: Path, run_config: RunConfig, config: SweepConfig) -> list[dict]:
+    """Earlier rows of the same model that this sweep does not recompute."""
+    try:
+        earlier = load_results(run_dir)
+    except (FileNotFoundError, ValueError):
+        return []
+    if earlier.meta.get("run") != run_config.to_dict():
+        return []  # results of another model: stale
+    redo = {(m, round(s * 100, 6)) for m in config.methods for s in config.sparsities}
+    return [r for r in earlier.rows if (r["method"], r["sparsity_pct"]) not in redo]
+
+
+def run_sweep(
+    run_dir: Path,
+    config: SweepConfig,
+    data_dir: str | None = None,
+    device: torch.device | str = "cpu",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    data: Dataset | None = None,
+) -> Results:
+    """Sweep the model saved in ``run_dir``; results are rewritten after every row."""
+    run = load_run(run_dir)
+    data = data if data is not None else load_dataset(run.config.dataset, data_dir)
+    model = run.model.to(device)
+    data_on_device = Dataset(data.name, data.train_x.to(device), data.train_y.to(device),
+                             data.test_x.to(device), data.test_y.to(device))
+    meta = {
+        "run": run.config.to_dict(),
+        "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
+                  "calibration_size": config.calibration_size},
+        "environment": environment_info(device),
+        "history": run.history,
+    }
+    accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)
+    dense = {"accuracy": accuracy, "loss": loss}
+    rows = _rows_to_keep(Path(run_dir), run.config, config)
+    for row in sweep(model, data_on_device, config, run.config.train.seed):
+        rows.append(row)
+        write_results(Path(run_dir), dense, rows, meta)
+        if on_row is not None:
+            on_row(row)
+    return Results(dense, rows, meta)
