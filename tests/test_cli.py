@@ -52,7 +52,8 @@ def test_run_end_to_end(trained_run, tiny_data_dir):
     unit90 = next(r for r in results.rows if r["method"] == "unit" and r["sparsity_pct"] == 90)
     assert unit90["effective_sparsity"] > unit90["zero_fraction"]  # dead next-layer inputs
     report = (out / "report.md").read_text()
-    assert "| k (%)" in report and "## Analysis" in report and "plots/accuracy_vs_sparsity.png" in report
+    assert "| k (%)" in report and "## Analysis" in report
+    assert "plots/accuracy_vs_sparsity.png" in report
     assert f"{100 * results.dense['accuracy']:.2f} %" in report
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and 0 <= history[0]["train_accuracy"] <= 1
