@@ -53,7 +53,11 @@ def test_bias_keeps_a_unit_without_inputs_alive():
 
 
 def test_effective_equals_zero_fraction_for_dense():
-    s = measure_sparsity(build_mlp(MLPConfig()))
+    net = build_mlp(MLPConfig(), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in net.layers:  # an initial weight can be exactly 0.0: make every one nonzero
+            layer.weight.copy_(torch.where(layer.weight == 0, 1e-3, layer.weight))
+    s = measure_sparsity(net)
     assert s.effective_sparsity == 0 and s.zero_fraction == 0
     assert s.params_remaining == s.params_total == 2_386_000
     assert s.macs_per_sample == 2_386_000
