@@ -19,7 +19,13 @@ import altair as alt
 
 from prunelab.aggregate import Summary
 from prunelab.results import atomic_write
-from prunelab.seedreport import analysis, comparisons_table, figures_table, results_table
+from prunelab.seedreport import (
+    analysis,
+    comparisons_table,
+    figures_table,
+    results_table,
+    title_of,
+)
 
 __all__ = ["charts", "render_html", "write_html"]
 
@@ -197,9 +203,7 @@ for (const [id, spec] of Object.entries(specs)) {{
 def render_html(summary: Summary, title: str | None = None) -> str:
     """The complete, self-contained HTML page."""
     specs = charts(summary)
-    run = summary.meta.get("run", {})
-    title = title or (f"prunelab report: {run.get('dataset', '?')}, seeds "
-                      f"{', '.join(map(str, summary.seeds))}")
+    title = title or title_of(summary)
     environment = {**(summary.meta.get("environment") or {}), "altair": alt.__version__,
                    "vega-lite": alt.SCHEMA_VERSION}
     config = {k: v for k, v in summary.meta.items() if k != "environment"}

@@ -23,6 +23,7 @@ __all__ = [
     "fmt",
     "render_summary_report",
     "results_table",
+    "title_of",
     "write_summary_report",
 ]
 
@@ -134,12 +135,19 @@ def _md(table: Table) -> str:
     return tabulate(table[1], table[0], tablefmt="github", disable_numparse=True)
 
 
+def title_of(summary: Summary) -> str:
+    """``prunelab report: <dataset>, seeds 0, 1, 2``, or the compared runs' names."""
+    if "runs" in summary.meta:
+        return f"prunelab comparison: {', '.join(summary.meta['runs'])}"
+    dataset = summary.meta.get("run", {}).get("dataset", "?")
+    return f"prunelab report: {dataset}, seeds {', '.join(map(str, summary.seeds))}"
+
+
 def render_summary_report(summary: Summary, plot_dir: str = "plots") -> str:
     """The markdown text; plots are linked relative to the run folder."""
     meta = summary.meta
-    run = meta.get("run", {})
     return "\n".join([
-        f"# prunelab report: {run.get('dataset', '?')}, seeds {_ks(summary.seeds)}",
+        f"# {title_of(summary)}",
         "",
         "Every figure is the mean over seeds ± the half-width of its 95 % Student-t confidence "
         "interval. Interactive version: [report.html](report.html).",
