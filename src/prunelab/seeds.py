@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from prunelab.data import load_dataset
+from prunelab.data import DATASETS, DatasetSpec, load_dataset
 from prunelab.multirun import check_seeds, seed_dir
+from prunelab.plots import plot_results
+from prunelab.report import write_report
 from prunelab.results import RunConfig, has_trained_model, load_run
 from prunelab.sweep import SweepConfig, ensure_trained, resolve_device, run_sweep
 
@@ -90,24 +92,26 @@ def _do_job(job: SeedJob, report: Progress) -> None:
 
         ensure_trained(job.run_dir, job.config, data, device, on_step)
     if job.sweep is not None:
-        run_sweep(job.run_dir, job.sweep, job.data_dir, device,
-                  lambda row: report("sweep", 1), data=data)
+        results = run_sweep(job.run_dir, job.sweep, job.data_dir, device,
+                            lambda row: report("sweep", 1), data=data)
+        plot_results(results, job.run_dir / "plots")  # each seed folder is a complete run
+        write_report(results, job.run_dir)
 
 
-_queue: mp.Queue | None = None  # the worker's end of the progress queue (set per process)
-
-
-def _init_worker(q: mp.Queue, threads: int) -> None:
-    global _queue
-    _queue = q
+def _worker_main(job: SeedJob, q: mp.Queue, threads: int,
+                 datasets: dict[str, DatasetSpec]) -> None:
+    """Entry point of a worker process: one seed, reported as (kind, seed, payload)."""
     torch.set_num_threads(threads)
-
-
-def _worker(job: SeedJob) -> None:
-    q = _queue
-    if q is None:
-        raise RuntimeError("worker started without its progress queue")
-    _do_job(job, lambda kind, n: q.put((kind, n)))
+    # A spawned worker imports prunelab afresh: give it the parent's dataset registry, so
+    # datasets registered at run time (and their checksums) are the same in every process.
+    DATASETS.clear()
+    DATASETS.update(datasets)
+    try:
+        _do_job(job, lambda kind, n: q.put((kind, job.seed, n)))
+    except BaseException as e:  # the parent shows it; a traceback here would go nowhere useful
+        q.put(("error", job.seed, str(_failed(job, e))))
+        return
+    q.put(("done", job.seed, None))
 
 
 def _failed(job: SeedJob, e: BaseException) -> SeedFailed:
@@ -115,33 +119,66 @@ def _failed(job: SeedJob, e: BaseException) -> SeedFailed:
     return SeedFailed(f"seed {job.seed}: {type(e).__name__}: {text[0] if text else ''}")
 
 
+class _Workers:
+    """At most ``workers`` spawned processes, one per job; progress through one queue."""
+
+    def __init__(self, workers: int, progress: Progress) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.queue = self.ctx.Queue()
+        self.workers, self.progress = workers, progress
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.running: dict[int, mp.process.BaseProcess] = {}
+
+    def start(self, job: SeedJob) -> None:
+        p = self.ctx.Process(target=_worker_main, daemon=True, name=f"prunelab-seed{job.seed}",
+                             args=(job, self.queue, self.threads, dict(DATASETS)))
+        p.start()
+        self.running[job.seed] = p
+
+    def pump(self, timeout: float) -> None:
+        """Handle queued messages; raise ``SeedFailed`` for a failed or vanished worker."""
+        self._drain(timeout)
+        dead = [s for s, p in self.running.items() if p.exitcode is not None]
+        if dead:
+            self._drain(0)  # a worker's last messages may arrive just after it exits
+        for seed in dead:
+            if seed in self.running:
+                code = self.running[seed].exitcode
+                raise SeedFailed(f"seed {seed}: worker process died (exit code {code})")
+
+    def _drain(self, timeout: float) -> None:
+        while True:
+            try:
+                kind, seed, payload = self.queue.get(timeout=timeout) if timeout else \
+                    self.queue.get_nowait()
+            except queue_mod.Empty:
+                return
+            timeout = 0
+            if kind == "error":
+                raise SeedFailed(payload)
+            if kind == "done":
+                self.running.pop(seed).join()
+            else:
+                self.progress(kind, payload)
+
+    def stop(self) -> None:
+        for p in self.running.values():
+            p.terminate()
+        for p in self.running.values():
+            p.join()
+        self.running.clear()
+
+
 def _run_parallel(jobs: list[SeedJob], workers: int, progress: Progress) -> None:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # Leaving the ``with`` terminates the workers: on the first failure (or Ctrl-C) the other
-    # seeds stop at once instead of finishing minutes of training nobody will use.
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(q, threads)) as pool:
-        pending = [(pool.apply_async(_worker, (job,)), job) for job in jobs]
-        while pending:
-            pending[0][0].wait(0.2)
-            _drain(q, progress)
-            for result, job in [p for p in pending if p[0].ready()]:
-                try:
-                    result.get()
-                except Exception as e:
-                    raise _failed(job, e) from None
-            pending = [p for p in pending if not p[0].ready()]
-        _drain(q, progress)
-
-
-def _drain(q: mp.Queue, progress: Progress) -> None:
-    while True:
-        try:
-            kind, n = q.get_nowait()
-        except queue_mod.Empty:
-            return
-        progress(kind, n)
+    pool = _Workers(workers, progress)
+    todo = list(jobs)
+    try:
+        while todo or pool.running:
+            while todo and len(pool.running) < workers:
+                pool.start(todo.pop(0))
+            pool.pump(timeout=0.2)
+    finally:
+        pool.stop()  # on a failure or Ctrl-C the other seeds stop at once
 
 
 def run_jobs(jobs: list[SeedJob], workers: int | None = None,
