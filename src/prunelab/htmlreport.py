@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import altair as alt
+import vl_convert
 
 from prunelab.aggregate import Summary
 from prunelab.results import atomic_write
@@ -131,10 +132,9 @@ def _script_json(obj: Any) -> str:
 
 
 def _vega_bundle() -> str:
-    import vl_convert
-    from altair.utils._importers import vl_version_for_vl_convert
-
-    return vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    """vega + vega-lite + vega-embed as one script, matching altair's Vega-Lite version."""
+    vl_version = "_".join(alt.SCHEMA_VERSION.split(".")[:2])  # "v6.4.1" -> "v6_4"
+    return vl_convert.javascript_bundle(vl_version=vl_version)
 
 
 _PAGE = """<!DOCTYPE html>
