@@ -25,6 +25,7 @@ from prunelab.plots import plot_results
 from prunelab.report import write_report
 from prunelab.results import RunConfig, has_trained_model, load_run
 from prunelab.sweep import SweepConfig, ensure_trained, resolve_device, run_sweep
+from prunelab.train import StepInfo
 
 __all__ = ["SeedFailed", "SeedJob", "default_workers", "run_jobs", "seed_jobs"]
 
@@ -84,7 +85,7 @@ def _do_job(job: SeedJob, report: Progress) -> None:
     if job.config is not None:
         pending = [0]
 
-        def on_step(info) -> None:
+        def on_step(info: StepInfo) -> None:
             pending[0] += 1
             if pending[0] == _STEP_BATCH or info.step == info.steps_per_epoch:
                 report("train", pending[0])
