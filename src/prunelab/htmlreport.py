@@ -49,7 +49,7 @@ def _curve_data(summary: Summary) -> list[dict[str, Any]]:
 
 
 def _curve_chart(data: list[dict[str, Any]], x: alt.X, y: str, title: str,
-                 y_title: str, log_y: bool = False) -> alt.LayerChart:
+                 y_title: str, log_y: bool = False) -> alt.Chart | alt.LayerChart:
     pick = alt.selection_point(fields=["method"], bind="legend")
     opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
@@ -59,13 +59,16 @@ def _curve_chart(data: list[dict[str, Any]], x: alt.X, y: str, title: str,
                alt.Tooltip(f"{y}_low:Q", format=".4f", title="95 % CI low"),
                alt.Tooltip(f"{y}_high:Q", format=".4f", title="95 % CI high"),
                alt.Tooltip("n:Q", title="seeds"), alt.Tooltip("params:Q", format=",.0f")]
-    band = base.mark_area(opacity=0.2).encode(
-        x=x, y=alt.Y(f"{y}_low:Q", scale=scale), y2=f"{y}_high:Q",
-        color=alt.Color("method:N"),
-        opacity=alt.condition(pick, alt.value(0.2), alt.value(0.03)))
     line = base.mark_line(point=True).encode(
         x=x, y=alt.Y(f"{y}:Q", title=y_title, scale=scale), color=alt.Color("method:N"),
         opacity=opacity, tooltip=tooltip).add_params(pick)
+    with_ci = [d for d in data if f"{y}_low" in d]
+    if not with_ci:  # one seed: no interval, no band (an empty band makes Vega warn)
+        return line.properties(title=title, **_SIZE)
+    band = alt.Chart(alt.Data(values=with_ci)).mark_area().encode(
+        x=x, y=alt.Y(f"{y}_low:Q", scale=scale), y2=f"{y}_high:Q",
+        color=alt.Color("method:N"),
+        opacity=alt.condition(pick, alt.value(0.2), alt.value(0.03)))
     return alt.layer(band, line).properties(title=title, **_SIZE)
 
 

@@ -41,22 +41,27 @@ def fmt(row: dict[str, Any], prefix: str, scale: float = 1.0, digits: int = 2) -
     return f"{mean * scale:.{digits}f} ± {(high - low) / 2 * scale:.{digits}f}"
 
 
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [fmt(r, "accuracy", 100), fmt(r, "loss", 1, 4),
+            f"{100 * r.get('effective_sparsity', float('nan')):.1f}"]
+
+
 def results_table(summary: Summary) -> Table:
-    """One line per k; accuracy (%) and loss per method."""
-    by_key = {(r["method"], r["sparsity_pct"]): r for r in summary.rows}
+    """Accuracy (%), loss and effective sparsity per method and k: one line per k with a
+    column group per method, or one line per method and k when there are more than three."""
     methods = list(dict.fromkeys(r["method"] for r in summary.rows))
-    ks = sorted({r["sparsity_pct"] for r in summary.rows})
-    headers = ["k (%)"]
-    for m in methods:
-        headers += [f"{m} acc (%)", f"{m} loss", f"{m} eff. sparsity (%)"]
+    names = ["acc (%)", "loss", "eff. sparsity (%)"]
+    if len(methods) > 3:
+        body = [[r["method"], f"{r['sparsity_pct']:g}", *_cells(r)] for r in summary.rows]
+        return ["method", "k (%)", *names], body
+    by_key = {(r["method"], r["sparsity_pct"]): r for r in summary.rows}
+    headers = ["k (%)", *(f"{m} {name}" for m in methods for name in names)]
     body = []
-    for k in ks:
+    for k in sorted({r["sparsity_pct"] for r in summary.rows}):
         line = [f"{k:g}"]
         for m in methods:
             r = by_key.get((m, k))
-            line += ([fmt(r, "accuracy", 100), fmt(r, "loss", 1, 4),
-                      f"{100 * r.get('effective_sparsity', float('nan')):.1f}"]
-                     if r else ["", "", ""])
+            line += _cells(r) if r else ["", "", ""]
         body.append(line)
     return headers, body
 
