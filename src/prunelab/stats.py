@@ -47,12 +47,6 @@ class Estimate:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
                 for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Estimate:
-        nan = float("nan")
-        return cls(*(nan if d[k] is None else d[k] for k in ("mean", "std", "ci_low", "ci_high")),
-                   int(d["n"]))
-
 
 def estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
     """Mean, std and t-interval of ``values`` (one per seed)."""
