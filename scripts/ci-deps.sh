@@ -10,6 +10,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 0
 fi
 SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "ci-deps: need root or sudo to install chromium" >&2; exit 1; }
+    SUDO="sudo"
+fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
