@@ -84,3 +84,10 @@ def test_compare_runs_labels_and_test_set_check(tmp_path):
     other = write_fake_run(tmp_path / "mnist", dataset="mnist")
     with pytest.raises(ValueError, match="different test sets"):
         compare_runs([a, other])
+
+
+def test_summary_over_chosen_seeds(tmp_path):
+    run = write_fake_run(tmp_path / "run", seeds=(0, 1, 2))
+    summary = summarize_run(run, seeds=(0, 2))
+    assert summary.seeds == [0, 2]
+    assert summary.dense[0]["accuracy_mean"] == pytest.approx(0.91)  # (0.90 + 0.92) / 2

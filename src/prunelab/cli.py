@@ -189,9 +189,9 @@ def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, da
                f"results in {run_dir / 'results.csv'}")
 
 
-def _report(run_dir: Path) -> None:
+def _report(run_dir: Path, seeds: tuple[int, ...] | None = None) -> None:
     if seed_dirs(run_dir):
-        md, page = write_all(summarize_run(run_dir), run_dir)
+        md, page = write_all(summarize_run(run_dir, seeds), run_dir)
         click.echo(f"report: {md} and {page}")
         return
     results = load_results(run_dir)
@@ -238,7 +238,7 @@ def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text, wo
     if len(seeds) > 1:
         run_dir = out or default_run_dir(dataset, seeds)
         _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device), workers)
-        _report(run_dir)
+        _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
         return
     run_dir, data, dev = _train(config, out, data_dir, device)
     _sweep(run_dir, sweep_config, data_dir, dev, data)

@@ -73,10 +73,11 @@ def seed_dirs(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def load_seed_results(run_dir: Path) -> dict[int, Results]:
-    """Saved results by seed: each ``seed<k>/`` with results, or the folder itself."""
+def load_seed_results(run_dir: Path, seeds: tuple[int, ...] | None = None) -> dict[int, Results]:
+    """Saved results by seed: each ``seed<k>/`` with results (those of ``seeds`` only, when
+    given), or the folder itself."""
     run_dir = Path(run_dir)
-    dirs = seed_dirs(run_dir)
+    dirs = {s: d for s, d in seed_dirs(run_dir).items() if seeds is None or s in seeds}
     if not dirs:
         results = load_results(run_dir)
         return {int(results.meta.get("run", {}).get("train", {}).get("seed", 0)): results}
@@ -111,9 +112,9 @@ def run_meta(results: dict[int, Results]) -> dict[str, Any]:
             "environment": first.meta.get("environment"), "seeds": sorted(results)}
 
 
-def summarize_run(run_dir: Path) -> Summary:
-    """Summary of a single- or multi-seed run folder."""
-    results = load_seed_results(run_dir)
+def summarize_run(run_dir: Path, seeds: tuple[int, ...] | None = None) -> Summary:
+    """Summary of a single- or multi-seed run folder (over ``seeds`` only, when given)."""
+    results = load_seed_results(run_dir, seeds)
     return summarize({Path(run_dir).resolve().name: results}, run_meta(results))
 
 
