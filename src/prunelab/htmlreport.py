@@ -67,7 +67,7 @@ def _curve_chart(data: list[dict[str, Any]], x: alt.X, y: str, title: str,
         return line.properties(title=title, **_SIZE)
     band = alt.Chart(alt.Data(values=with_ci)).mark_area().encode(
         x=x, y=alt.Y(f"{y}_low:Q", scale=scale), y2=f"{y}_high:Q",
-        color=alt.Color("method:N"),
+        color=alt.Color("method:N", legend=None),  # the legend shows the lines' symbols
         opacity=alt.condition(pick, alt.value(0.2), alt.value(0.03)))
     return alt.layer(band, line).properties(title=title, **_SIZE)
 
