@@ -90,7 +90,10 @@ def load_seed_results(run_dir: Path, seeds: tuple[int, ...] | None = None) -> di
 
 def test_set_of(results: Results) -> dict[str, Any]:
     """What identifies the test set the results were measured on."""
-    return results.meta.get("test_set") or {"dataset": results.meta.get("run", {}).get("dataset")}
+    if "test_set" in results.meta:
+        return results.meta["test_set"]
+    older = {"dataset": results.meta.get("run", {}).get("dataset")}  # results without a hash
+    return older | ({"size": results.meta["test_size"]} if "test_size" in results.meta else {})
 
 
 def _without_seed(run: dict[str, Any]) -> dict[str, Any]:

@@ -185,6 +185,7 @@ def run_sweep(
         "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
                   "calibration_size": config.calibration_size},
         "environment": environment_info(device),
+        "test_size": len(data.test_x),
         "test_set": test_set_fingerprint(data),
         "history": run.history,
     }
