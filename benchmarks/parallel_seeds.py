@@ -40,13 +40,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2,3")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: temp)")
+    parser.add_argument("--parallel-first", action="store_true",
+                        help="time the parallel run first (to see order effects on a busy host)")
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     config = RunConfig(args.dataset, MLPConfig(), TrainConfig(epochs=args.epochs))
     scratch = args.out or Path(tempfile.mkdtemp(prefix="prunelab-parallel-"))
     parallel = default_workers(len(seeds))
+    order = (parallel, 1) if args.parallel_first else (1, parallel)
     times = {w: timed_run(scratch / f"workers-{w}", config, seeds, w, args.data_dir)
-             for w in (1, parallel)}
+             for w in order}
     print(f"{len(seeds)} seeds x {args.epochs} epochs + sweep of weight,unit at 10 sparsities; "
           f"{os.cpu_count()} cores; load average now {os.getloadavg()[0]:.1f}")
     for w, t in times.items():
