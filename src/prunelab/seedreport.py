@@ -110,7 +110,7 @@ def _pair_sentence(a: str, b: str, rows: list[dict[str, Any]]) -> str:
                      f"k = {big['sparsity_pct']:g}.")
     auc = next((r for r in rows if r["sparsity_pct"] == "AUC"), None)
     if auc is not None:
-        parts.append(f"AUC difference {100 * auc['diff_mean']:+.2f} %: {auc['verdict']}.")
+        parts.append(f"AUC difference {100 * auc['diff_mean']:+.2f} points: {auc['verdict']}.")
     return " ".join(parts)
 
 
