@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,24 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from prunelab.compare import compare_runs
 from prunelab.data import DATASETS, load_dataset
+from prunelab.htmlreport import write_html
 from prunelab.model import MLPConfig
+from prunelab.multireport import write_all
+from prunelab.multirun import (
+    SUMMARY_CSV,
+    check_seeds,
+    default_run_dir,
+    seed_dirs,
+    summarize_run,
+    write_summary,
+)
 from prunelab.plots import plot_results
 from prunelab.pruning import METHODS
 from prunelab.report import write_report
-from prunelab.results import RunConfig, load_results
+from prunelab.results import RunConfig, load_results, load_run
+from prunelab.seeds import SeedFailed, SeedJob, default_workers, run_jobs, seed_jobs
 from prunelab.sweep import (
     DEFAULT_SPARSITIES,
     SweepConfig,
@@ -29,7 +42,7 @@ from prunelab.sweep import (
 )
 from prunelab.train import StepInfo, TrainConfig
 
-__all__ = ["cli", "main", "parse_hidden", "parse_methods", "parse_percents"]
+__all__ = ["cli", "main", "parse_hidden", "parse_methods", "parse_percents", "parse_seeds"]
 
 
 class _Group(click.Group):
@@ -38,7 +51,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ValueError, TypeError, OSError) as e:
+        except (ValueError, TypeError, OSError, SeedFailed) as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; files already written are intact", err=True)
@@ -74,6 +87,17 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); distinct non-negative integers, at least one."""
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise ValueError("--seeds is empty; give comma-separated seeds such as 0,1,2,3,4")
+    for part in parts:
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"--seeds takes comma-separated non-negative integers, got {part!r}")
+    return check_seeds(tuple(int(p) for p in parts))
+
+
 def _train_options(f: Callable) -> Callable:
     options = [
         click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist",
@@ -87,7 +111,8 @@ def _train_options(f: Callable) -> Callable:
         click.option("--bias/--no-bias", default=False, show_default=True,
                      help="Give Linear layers biases (the original has none)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Run folder [default: runs/<dataset>-seed<seed>]."),
+                     help="Run folder [default: runs/<dataset>-seed<seed>, or "
+                          "runs/<dataset>-<n>seeds with several --seeds]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -100,6 +125,16 @@ def _common_options(f: Callable) -> Callable:
     return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                         help="Folder holding fashion-mnist/ and mnist/ (else PRUNELAB_DATA, "
                              "the cache, a download).")(f)
+
+
+def _seed_options(f: Callable) -> Callable:
+    f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Parallel worker processes for several seeds [default: one per core, "
+                          "at most one per seed].")(f)
+    return click.option("--seeds", "seeds_text", default=None,
+                        help="Comma-separated seeds, e.g. 0,1,2,3,4: one run folder per seed "
+                             "inside the run folder, then mean ± 95 % CI over seeds. "
+                             "Overrides --seed.")(f)
 
 
 def _sweep_options(f: Callable) -> Callable:
@@ -154,10 +189,30 @@ def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, da
                f"results in {run_dir / 'results.csv'}")
 
 
-def _report(run_dir: Path) -> None:
+def _report(run_dir: Path, seeds: tuple[int, ...] | None = None) -> None:
+    if seed_dirs(run_dir):
+        md, page = write_all(summarize_run(run_dir, seeds), run_dir)
+        click.echo(f"report: {md} and {page}")
+        return
     results = load_results(run_dir)
     plot_results(results, run_dir / "plots")
-    click.echo(f"report: {write_report(results, run_dir)}")
+    md = write_report(results, run_dir)
+    click.echo(f"report: {md} and {write_html(summarize_run(run_dir), run_dir)}")
+
+
+def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
+    start = time.perf_counter()
+    with tqdm(total=0, desc=f"{len(jobs)} seeds", unit="step", dynamic_ncols=True) as bar:
+        def progress(kind: str, n: int) -> None:
+            if kind == "total":
+                bar.total += n
+                bar.refresh()
+            else:
+                bar.update(n)
+
+        run_jobs(jobs, workers, progress)
+    used = min(workers or default_workers(len(jobs)), len(jobs))
+    click.echo(f"{len(jobs)} seeds with {used} worker(s) in {time.perf_counter() - start:.1f} s")
 
 
 @click.group(cls=_Group)
@@ -170,14 +225,21 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @_train_options
+@_seed_options
 @_sweep_options
 @_common_options
-def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, sparsities, methods,
-        calibration_size, device, data_dir) -> None:
+def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text, workers,
+        sparsities, methods, calibration_size, device, data_dir) -> None:
     """Train (unless already trained), sweep every method and sparsity, plot, report."""
-    config = _run_config(dataset, epochs, seed, batch_size, lr, hidden, bias)
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
+    config = _run_config(dataset, epochs, seeds[0], batch_size, lr, hidden, bias)
     sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
                                calibration_size)
+    if len(seeds) > 1:
+        run_dir = out or default_run_dir(dataset, seeds)
+        _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device), workers)
+        _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
+        return
     run_dir, data, dev = _train(config, out, data_dir, device)
     _sweep(run_dir, sweep_config, data_dir, dev, data)
     _report(run_dir)
@@ -192,21 +254,57 @@ def train(dataset, epochs, seed, batch_size, lr, hidden, bias, out, device, data
            device)
 
 
+def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
+                     data_dir: Path | None, device: str) -> list[SeedJob]:
+    found = seed_dirs(run_dir)
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else tuple(found)
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise ValueError(f"{run_dir} has no folder for seed(s) {missing}; it has {list(found)}")
+    for s in seeds:
+        load_run(found[s])  # a seed without a complete model fails here, before any work
+    return [SeedJob(found[s], None, config, data_dir, device) for s in seeds]
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@_seed_options
 @_sweep_options
 @_common_options
-def sweep(run_dir, sparsities, methods, calibration_size, device, data_dir) -> None:
-    """Prune the model in RUN_DIR with every method at every sparsity; write results."""
+def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, device,
+          data_dir) -> None:
+    """Prune the model in RUN_DIR with every method at every sparsity; write results.
+
+    On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
+    the summary over seeds is written.
+    """
     config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size)
+    if seed_dirs(run_dir):
+        _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
+        write_summary(run_dir, summarize_run(run_dir))
+        click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
+        return
+    if seeds_text is not None:
+        raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "
+                         f"{run_dir} is a single-seed folder")
     _sweep(run_dir, config, data_dir, resolve_device(device))
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir) -> None:
-    """Plots and report.md from the results saved in RUN_DIR."""
+    """Plots, report.md and report.html from the results saved in RUN_DIR."""
     _report(run_dir)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the combined summary, plots, report.md and report.html.")
+def compare(run_dirs, out) -> None:
+    """One report across run folders (single- or multi-seed) on the same test set."""
+    md, page = write_all(compare_runs(list(run_dirs)), out)
+    click.echo(f"report: {md} and {page}")
 
 
 def main() -> None:

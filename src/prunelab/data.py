@@ -29,6 +29,7 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "test_set_fingerprint",
     "DataFile",
     "Dataset",
     "DatasetSpec",
@@ -305,3 +306,10 @@ def load_dataset(
         test_x=test_x,
         test_y=_labels(paths[3], len(test_x)),
     )
+
+
+def test_set_fingerprint(data: Dataset) -> dict[str, object]:
+    """What identifies a test set: name, size and a SHA-256 of its images and labels."""
+    digest = hashlib.sha256(data.test_x.cpu().numpy().tobytes())
+    digest.update(data.test_y.cpu().numpy().tobytes())
+    return {"dataset": data.name, "size": len(data.test_y), "sha256": digest.hexdigest()}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.data import Dataset, load_dataset
+from prunelab.data import Dataset, load_dataset, test_set_fingerprint
 from prunelab.evaluate import evaluate
 from prunelab.model import build_mlp
 from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
@@ -186,6 +186,7 @@ def run_sweep(
                   "calibration_size": config.calibration_size},
         "environment": environment_info(device),
         "test_size": len(data.test_x),
+        "test_set": test_set_fingerprint(data),
         "history": run.history,
     }
     accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)
