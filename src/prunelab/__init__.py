@@ -7,8 +7,10 @@
 0.5
 """
 
+from prunelab.compact import compact
 from prunelab.data import load_dataset
 from prunelab.evaluate import evaluate
+from prunelab.export import load_model, save_model
 from prunelab.model import MLP, MLPConfig, build_mlp
 from prunelab.pruning import METHODS, PruneContext, apply_weights, prune
 from prunelab.results import load_results, load_run
@@ -25,11 +27,14 @@ __all__ = [
     "TrainConfig",
     "apply_weights",
     "build_mlp",
+    "compact",
     "evaluate",
     "load_dataset",
+    "load_model",
     "load_results",
     "load_run",
     "measure_sparsity",
     "prune",
+    "save_model",
     "train",
 ]
