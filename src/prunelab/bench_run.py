@@ -185,18 +185,17 @@ def pruned_from_run(run_dir: Path, method: str, sparsity: float, data: Dataset |
 
 
 def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[float, ...],
-                     config: BenchConfig, data_dir: Path | None = None,
+                     config: BenchConfig, data_dir: Path | None = None, check: bool = True,
                      calibration_size: int = 2048,
                      on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """``run_bench`` on the model of ``run_dir``, outputs checked on its test set; plots too.
-
-    Returns the path of ``bench.csv``.
+    """``run_bench`` on the model of ``run_dir``; with ``check``, outputs are compared with the
+    masked network's on its test set. Plots too; returns the path of ``bench.csv``.
     """
     run = load_run(Path(run_dir))
-    data = load_dataset(run.config.dataset, data_dir)
     needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
+    data = load_dataset(run.config.dataset, data_dir) if check or needs else None
     calibration = calibration_set(data, calibration_size, config.seed) if needs else None
-    run_bench(Path(run_dir), run.model, methods, sparsities, config, calibration, data.test_x,
-              on_row)
+    run_bench(Path(run_dir), run.model, methods, sparsities, config, calibration,
+              data.test_x if check else None, on_row)
     plot_bench(read_bench(Path(run_dir)), Path(run_dir) / "plots")
     return Path(run_dir) / BENCH_CSV

@@ -235,9 +235,11 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--backends", default=",".join(NETWORK_BACKENDS), show_default=True,
               help="Whole-network backends to time (dense is always timed).")
 @click.option("--repeats", type=int, default=BenchConfig.repeats, show_default=True)
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Compare every backend's outputs with the masked network's on the test set.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder holding the datasets (for the output check on the test set).")
-def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, data_dir) -> None:
+def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, data_dir) -> None:
     """Time the forward pass of each backend per method, sparsity and batch size."""
     config = BenchConfig(parse_batch_sizes(batch_sizes),
                          tuple(b.strip() for b in backends.split(",") if b.strip()),
@@ -253,7 +255,7 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, data_dir
             bar.set_postfix(method=row["method"], k=f"{row['sparsity_pct']:g}",
                             batch=row["batch_size"], refresh=False)
 
-        path = bench_run_folder(run_dir, methods_t, ks, config, data_dir, on_row=on_row)
+        path = bench_run_folder(run_dir, methods_t, ks, config, data_dir, check, on_row=on_row)
     body, headers = speedup_table(read_bench(run_dir), "auto")
     click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
     if (Path(run_dir) / "results.json").is_file():

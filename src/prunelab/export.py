@@ -96,7 +96,7 @@ def _weight(tensors: dict[str, torch.Tensor], i: int, entry: dict[str, Any]) -> 
         return tensors[key + "weight"]
     return torch.sparse_csr_tensor(
         tensors[key + "crow_indices"].long(), tensors[key + "col_indices"].long(),
-        tensors[key + "values"], shape).to_dense()
+        tensors[key + "values"], shape, check_invariants=True).to_dense()
 
 
 def _layer(tensors: dict[str, torch.Tensor], i: int, entry: dict[str, Any],
