@@ -22,10 +22,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["TILE", "csr_arrays", "csr_matmul", "warm_up"]
+__all__ = ["SERIAL_WORK", "TILE", "csr_arrays", "csr_matmul", "warm_up"]
 
 TILE = 256
 """Samples per batch tile: 1000 features x 256 samples x 4 bytes = 1 MiB, half an L2."""
+
+SERIAL_WORK = 200_000
+"""Below this many multiply-adds a call stays on one thread: waking others costs more."""
 
 
 def csr_arrays(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,10 +58,20 @@ def _block(indptr, indices, data, h, out, relu, r0, r1, s, m):  # pragma: no cov
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _dots(indptr, indices, data, x, out, relu, r0, r1):  # pragma: no cover - compiled
+    # One sample: a dot product per row. Four partial sums hide the FP add latency.
     for r in range(r0, r1):
-        v = np.float32(0.0)
-        for p in range(indptr[r], indptr[r + 1]):
-            v += data[p] * x[indices[p]]
+        v0 = v1 = v2 = v3 = np.float32(0.0)
+        p, stop = indptr[r], indptr[r + 1]
+        while p + 4 <= stop:
+            v0 += data[p] * x[indices[p]]
+            v1 += data[p + 1] * x[indices[p + 1]]
+            v2 += data[p + 2] * x[indices[p + 2]]
+            v3 += data[p + 3] * x[indices[p + 3]]
+            p += 4
+        while p < stop:
+            v0 += data[p] * x[indices[p]]
+            p += 1
+        v = (v0 + v1) + (v2 + v3)
         out[r] = 0.0 if relu and v < 0.0 else v
 
 
@@ -71,9 +84,19 @@ def _by_rows(indptr, indices, data, h, out, relu, chunks):  # pragma: no cover -
         r0 = min(c * step, n_out)
         r1 = min(r0 + step, n_out)
         if n == 1:
-            _dots(indptr, indices, data, h[:, 0], out[:, 0], relu, r0, r1)
+            _dots(indptr, indices, data, h.reshape(h.shape[0]), out.reshape(out.shape[0]), relu,
+                  r0, r1)
         else:
             _block(indptr, indices, data, h, out, relu, r0, r1, 0, n)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _serial(indptr, indices, data, h, out, relu):  # pragma: no cover - compiled
+    if h.shape[1] == 1:  # reshape (not h[:, 0]) keeps the contiguous layout known to numba
+        _dots(indptr, indices, data, h.reshape(h.shape[0]), out.reshape(out.shape[0]), relu,
+              0, indptr.size - 1)
+    else:
+        _block(indptr, indices, data, h, out, relu, 0, indptr.size - 1, 0, h.shape[1])
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
@@ -95,11 +118,12 @@ def csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, h: np.
     n = h.shape[1]
     if out is None:
         out = np.empty((indptr.size - 1, n), dtype=np.float32)
-    if n >= 2 * TILE:
+    if data.size * n < SERIAL_WORK or numba.get_num_threads() == 1:
+        _serial(indptr, indices, data, h, out, relu)
+    elif n >= 2 * TILE:
         _by_tiles(indptr, indices, data, h, out, relu, TILE)
     else:  # too few samples to tile: split the output rows between threads
-        chunks = 1 if data.size * n < 20_000 else 4 * numba.get_num_threads()
-        _by_rows(indptr, indices, data, h, out, relu, chunks)
+        _by_rows(indptr, indices, data, h, out, relu, 4 * numba.get_num_threads())
     return out
 
 
@@ -108,4 +132,8 @@ def warm_up() -> None:
     w = np.eye(3, dtype=np.float32)
     arrays = csr_arrays(w)
     for batch in (1, 64, 2 * TILE):
-        csr_matmul(*arrays, np.ones((3, batch), dtype=np.float32), relu=True)
+        h = np.ones((3, batch), dtype=np.float32)
+        out = np.empty_like(h)
+        _serial(*arrays, h, out, True)
+        _by_rows(*arrays, h, out, True, 2)
+        _by_tiles(*arrays, h, out, True, TILE)
