@@ -26,7 +26,6 @@ import numba
 import torch
 from tabulate import tabulate
 
-from prunelab.bench import load_warning
 from prunelab.bench_report import plot_bench
 from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, run_bench
 from prunelab.data import load_dataset
@@ -115,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     calibration = calibration_set(data, 2048, config.seed) if needs else None
     print(f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, "
           f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
-    if warning := load_warning():
-        print(f"WARNING: {warning}")
     rows = run_bench(out, run.model, methods, sparsities, config, calibration,
                      None if args.no_check else data.test_x,
                      on_row=lambda r: print(f"  {r['method']:>8} k={r['sparsity_pct']:<5g} "

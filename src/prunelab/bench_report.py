@@ -17,7 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-__all__ = ["BENCH_PLOT", "bench_section", "plot_bench", "read_bench", "speedup_table"]
+__all__ = [
+    "BENCH_PLOT", "bench_section", "plan_lines", "plot_bench", "read_bench", "speedup_table",
+]
 
 BENCH_PLOT = "bench_speedup"
 _NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
@@ -55,6 +57,12 @@ def speedup_table(rows: list[dict[str, Any]], backend: str) -> tuple[list[list[s
              *[f"{c[b]:.2f}x" if b in c else "" for b in batches]]
             for (m, k), c in cells.items()]
     return body, headers
+
+
+def plan_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One markdown bullet per (method, k, batch): the per-layer backends auto chose."""
+    return [f"- {r['method']} k = {r['sparsity_pct']:g}, batch {r['batch_size']}: "
+            f"{r['plan'].replace('/', ' / ')}" for r in rows if r["backend"] == "auto"]
 
 
 def plot_bench(rows: list[dict[str, Any]], out_dir: Path) -> Path:
@@ -120,6 +128,10 @@ def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
         if body:
             lines += [f"Speed-up vs dense, **{backend}**:", "",
                       tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+    plans = plan_lines(rows)
+    if plans:
+        lines += ["Backends *auto* chose, per layer (*masked*: the pruned model as it is):", "",
+                  *plans, ""]
     if (Path(run_dir) / plot_dir / f"{BENCH_PLOT}.png").is_file():
         lines += [f"![{BENCH_PLOT}]({plot_dir}/{BENCH_PLOT}.png)", ""]
     return "\n".join(lines)

@@ -56,6 +56,8 @@ NETWORK_BACKENDS: dict[str, Builder] = {
     "auto": lambda dense, pruned, batch: _auto(pruned, batch),
 }
 """Whole-network backends: name -> (dense model, pruned model, batch) -> (module, plan)."""
+BATCH_DEPENDENT = frozenset({"auto"})
+"""Backends whose module depends on the batch size (the others are built once)."""
 
 
 def _auto(pruned: nn.Module, batch: int) -> tuple[nn.Module, str]:
@@ -114,19 +116,26 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
     flop_ratio = _dense_macs(dense) / live if live else float("inf")
     reference = pruned(check_x) if check_x is not None else None
     gen = torch.Generator().manual_seed(config.seed)
+    built: dict[str, tuple[nn.Module, str, float | str]] = {}
     rows = []
     for batch in config.batch_sizes:
-        built = [NETWORK_BACKENDS[b](dense, pruned, batch) for b in config.backends]
+        for name in config.backends:
+            if name in built and name not in BATCH_DEPENDENT:
+                continue  # built and checked once for all batch sizes
+            module, plan = NETWORK_BACKENDS[name](dense, pruned, batch)
+            diff = ("" if reference is None or name == "dense"
+                    else _max_diff(module, reference, check_x))
+            built[name] = (module, plan, diff)
         x = torch.rand(batch, linear_layers(dense)[0][1].in_features, generator=gen)
-        times = time_calls([lambda m=m, x=x: m(x) for m, _ in built], config.warmup,
-                           config.repeats, config.budget_s)
-        for name, (module, plan), t in zip(config.backends, built, times, strict=True):
+        times = time_calls([lambda m=built[b][0], x=x: m(x) for b in config.backends],
+                           config.warmup, config.repeats, config.budget_s)
+        for name, t in zip(config.backends, times, strict=True):
+            _, plan, diff = built[name]
             rows.append({
                 "batch_size": batch, "backend": name, "latency_ms": 1e3 * t,
                 "speedup_vs_dense": times[0] / t, "flop_ratio": flop_ratio, "plan": plan,
-                "max_abs_diff": "" if reference is None or name == "dense"
-                else _max_diff(module, reference, check_x),
-                "repeats": config.repeats, "threads": torch.get_num_threads(),
+                "max_abs_diff": diff, "repeats": config.repeats,
+                "threads": torch.get_num_threads(),
             })
     return rows
 

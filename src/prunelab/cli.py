@@ -16,7 +16,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from prunelab.bench import check_batch_size, load_warning
-from prunelab.bench_report import read_bench, speedup_table
+from prunelab.bench_report import plan_lines, read_bench, speedup_table
 from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
 from prunelab.data import DATASETS, load_dataset
 from prunelab.deploy import EXPORT_BACKENDS, compact_run
@@ -256,8 +256,11 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, d
                             batch=row["batch_size"], refresh=False)
 
         path = bench_run_folder(run_dir, methods_t, ks, config, data_dir, check, on_row=on_row)
-    body, headers = speedup_table(read_bench(run_dir), "auto")
+    rows = read_bench(run_dir)
+    body, headers = speedup_table(rows, "auto")
+    click.echo("speed-up vs dense, auto backend:")
     click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
+    click.echo("plans chosen by auto:\n" + "\n".join(plan_lines(rows)))
     if (Path(run_dir) / "results.json").is_file():
         _report(run_dir)
     click.echo(f"latencies in {path}")
@@ -277,7 +280,9 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, d
               help="Folder holding the datasets (calibration-aware methods only).")
 def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir) -> None:
     """Prune RUN_DIR's model, compact it into a smaller (or sparse) network, save it."""
-    (k,) = parse_percents(f"{sparsity}")
+    if not 0 <= sparsity <= 100:
+        raise ValueError(f"--sparsity takes a percent in [0, 100], got {sparsity:g}")
+    k = sparsity / 100
     done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir)
     click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
                f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
