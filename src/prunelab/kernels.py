@@ -3,7 +3,9 @@
 Activations are kept *feature-major*, ``h`` of shape (in, batch), so each nonzero weight
 ``W[r, j]`` does one axpy over a contiguous row ``h[j, :]``. Large batches are cut into tiles
 of ``TILE`` samples that each thread owns (its slice of the activations stays in its L2
-cache); small batches are split over output rows instead.
+cache); small batches are split over output rows instead. A single sample goes by input
+columns instead (``csc_matvec``), skipping the columns of zero inputs: after a ReLU, and for
+background pixels, most inputs are zero.
 
 The functions are compiled on first call and cached on disk (``cache=True``); ``warm_up``
 triggers the compilation so that no timed call pays for it.
@@ -22,7 +24,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["SERIAL_WORK", "TILE", "csr_arrays", "csr_matmul", "warm_up"]
+__all__ = [
+    "SERIAL_WORK", "TILE", "csc_arrays", "csc_matvec", "csr_arrays", "csr_matmul", "warm_up",
+]
 
 TILE = 256
 """Samples per batch tile: 1000 features x 256 samples x 4 bytes = 1 MiB, half an L2."""
@@ -38,6 +42,34 @@ def csr_arrays(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     indptr = np.zeros(weight.shape[0] + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=indptr[1:])
     return indptr, cols.astype(np.int32), weight[rows, cols].astype(np.float32)
+
+
+def csc_arrays(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(colptr int32, rows int32, data float32): the nonzeros of (out, in) ``weight`` by column."""
+    return csr_arrays(np.asarray(weight, dtype=np.float32).T)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _scatter(colptr, rows, data, x, out, relu):  # pragma: no cover - compiled
+    # One sample, by input: a zero input (ReLU output, background pixel) skips its whole column.
+    out[:] = 0.0
+    for j in range(colptr.size - 1):
+        v = x[j]
+        if v != 0.0:
+            for p in range(colptr[j], colptr[j + 1]):
+                out[rows[p]] += data[p] * v
+    if relu:
+        for r in range(out.size):
+            if out[r] < 0.0:
+                out[r] = 0.0
+
+
+def csc_matvec(colptr: np.ndarray, rows: np.ndarray, data: np.ndarray, x: np.ndarray,
+               n_out: int, relu: bool) -> np.ndarray:
+    """``W @ x`` (then ReLU) for one sample ``x`` (in,), ``W`` given by ``csc_arrays``."""
+    out = np.empty(n_out, dtype=np.float32)
+    _scatter(colptr, rows, data, x, out, relu)
+    return out
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -137,3 +169,4 @@ def warm_up() -> None:
         _serial(*arrays, h, out, True)
         _by_rows(*arrays, h, out, True, 2)
         _by_tiles(*arrays, h, out, True, TILE)
+    csc_matvec(*csc_arrays(w), np.ones(3, dtype=np.float32), 3, relu=True)

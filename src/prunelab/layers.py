@@ -8,7 +8,8 @@ contiguous rows of ``h`` for each nonzero, and the ReLU is applied in place (or 
 
 - ``dense``: ``torch.mm`` with the (compacted) dense weight;
 - ``csr-torch``: torch CSR with int32 indices, ``torch.mm(W_csr, h)``;
-- ``csr-numba``: prunelab's own numba CSR kernel (``prunelab.kernels``), ReLU fused.
+- ``csr-numba``: prunelab's own numba kernels (``prunelab.kernels``), ReLU fused: CSR by
+  output row for batches, by input column (skipping zero inputs) for a single sample.
 
 >>> import torch
 >>> w = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
@@ -97,6 +98,7 @@ class CSRNumbaLayer(DenseLayer):
 
         self._kernels = kernels
         self.indptr, self.indices, self.data = kernels.csr_arrays(self.weight.numpy())
+        self.csc = kernels.csc_arrays(self.weight.numpy())  # for single samples
         self._shape = tuple(self.weight.shape)
         del self.weight
 
@@ -110,13 +112,17 @@ class CSRNumbaLayer(DenseLayer):
         w[rows, self.indices] = self.data
         return torch.from_numpy(w)
 
+    def _run(self, h: np.ndarray, relu: bool) -> np.ndarray:
+        if h.shape[1] == 1:
+            return self._kernels.csc_matvec(*self.csc, h.reshape(-1), self._shape[0],
+                                            relu).reshape(-1, 1)
+        return self._kernels.csr_matmul(self.indptr, self.indices, self.data, h, relu)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h_np = h.detach().contiguous().numpy()
         if self.bias is None:  # ReLU fused into the kernel
-            return torch.from_numpy(self._kernels.csr_matmul(
-                self.indptr, self.indices, self.data, h_np, relu=self.relu))
-        y = torch.from_numpy(self._kernels.csr_matmul(
-            self.indptr, self.indices, self.data, h_np, relu=False))
+            return torch.from_numpy(self._run(h_np, self.relu))
+        y = torch.from_numpy(self._run(h_np, False))
         y += self.bias
         return torch.relu_(y) if self.relu else y
 
