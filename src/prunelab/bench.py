@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.compact import CompactMLP, compact
+from prunelab.compact import DEFAULT_CHUNK, CompactMLP, compact
 from prunelab.layers import LAYER_BACKENDS, DenseLayer
 
 __all__ = ["AutoChoice", "auto_backend", "check_batch_size", "load_warning", "time_calls"]
@@ -106,7 +106,7 @@ def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
     batch_size = check_batch_size(batch_size)
     gen = torch.Generator().manual_seed(seed)
     base = compact(model)
-    batch = min(batch_size, base.chunk)  # a CompactMLP runs bigger batches in chunks
+    batch = min(batch_size, DEFAULT_CHUNK)  # per-sample costs are alike beyond this
     layers = [_best_layer(layer, batch, repeats, gen) for layer in base.layers]
     net = CompactMLP(base.input_size, base.input_index, layers, base.chunk)
     x = torch.rand(batch_size, base.input_size, generator=gen)

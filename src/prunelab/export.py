@@ -125,6 +125,6 @@ def load_model(path: Path | str) -> CompactMLP:
         entries = spec["layers"]
         layers = [_layer(tensors, i, e, i == len(entries) - 1) for i, e in enumerate(entries)]
         return CompactMLP(int(spec["input_size"]), tensors["input_index"], layers,
-                          int(spec.get("chunk", 1024)))
+                          spec.get("chunk"))
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: does not match its spec ({type(e).__name__}: {e})") from None
