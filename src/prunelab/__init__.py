@@ -7,7 +7,6 @@
 0.5
 """
 
-from prunelab.compact import compact
 from prunelab.data import load_dataset
 from prunelab.evaluate import evaluate
 from prunelab.export import load_model, save_model
@@ -27,7 +26,6 @@ __all__ = [
     "TrainConfig",
     "apply_weights",
     "build_mlp",
-    "compact",
     "evaluate",
     "load_dataset",
     "load_model",
