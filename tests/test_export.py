@@ -65,3 +65,11 @@ def test_missing_files_are_named(tmp_path):
     spec_path(path).unlink()
     with pytest.raises(FileNotFoundError, match="m.json"):
         prunelab.load_model(path)
+
+
+def test_loaded_model_evaluates_like_the_masked_one(tmp_path):
+    pruned = _pruned()
+    save_model(compact(pruned, "csr-numba"), tmp_path / "m.safetensors")
+    y = torch.arange(8) % 10
+    loaded = prunelab.load_model(tmp_path / "m.safetensors")
+    assert prunelab.evaluate(loaded, X, y) == pytest.approx(prunelab.evaluate(pruned, X, y))

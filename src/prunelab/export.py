@@ -20,6 +20,7 @@ layers are stored as CSR arrays, so a 99 % sparse model file is ~1/50 of the den
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def _layer_tensors(i: int, layer: DenseLayer) -> dict[str, torch.Tensor]:
     if layer.backend == "dense":
         out = {key + "weight": layer.weight}
     else:  # sparse layers keep their CSR arrays: the file shrinks with the weights
-        w = layer.dense_weight().to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            w = layer.dense_weight().to_sparse_csr()
         out = {key + "crow_indices": w.crow_indices().int(),
                key + "col_indices": w.col_indices().int(), key + "values": w.values()}
     if layer.bias is not None:
@@ -94,9 +97,11 @@ def _weight(tensors: dict[str, torch.Tensor], i: int, entry: dict[str, Any]) -> 
     key, shape = f"layers.{i}.", (int(entry["out"]), int(entry["in"]))
     if key + "weight" in tensors:
         return tensors[key + "weight"]
-    return torch.sparse_csr_tensor(
-        tensors[key + "crow_indices"].long(), tensors[key + "col_indices"].long(),
-        tensors[key + "values"], shape, check_invariants=True).to_dense()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            tensors[key + "crow_indices"].long(), tensors[key + "col_indices"].long(),
+            tensors[key + "values"], shape, check_invariants=True).to_dense()
 
 
 def _layer(tensors: dict[str, torch.Tensor], i: int, entry: dict[str, Any],
