@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunelab import layers as layers_module
 from prunelab.compact import CompactMLP, compact, with_plan
 from prunelab.layers import LAYER_BACKENDS
 from prunelab.model import MLPConfig, build_mlp
@@ -105,3 +106,10 @@ def test_layers_that_do_not_chain_are_refused():
               LAYER_BACKENDS["dense"](torch.ones(2, 5), None, False)]
     with pytest.raises(ValueError, match="do not chain"):
         CompactMLP(3, torch.arange(3), layers)
+
+
+def test_torch_csr_layers_slice_wide_batches(monkeypatch):
+    monkeypatch.setattr(layers_module, "TORCH_CSR_CHUNK", 16)
+    pruned = apply_weights(_net(), prune(_net(), "weight", 0.9))
+    with torch.no_grad():
+        assert (compact(pruned, "csr-torch")(X) - pruned(X)).abs().max() <= 1e-4

@@ -32,11 +32,10 @@ from prunelab.sparsity import effective_masks
 
 __all__ = ["DEFAULT_CHUNK", "CompactMLP", "compact", "with_plan"]
 
-DEFAULT_CHUNK = 1024
-"""Samples per forward chunk when a layer runs torch CSR: it is ~2x faster on cut batches.
-
-Dense layers (one big GEMM) and prunelab's kernels (which tile by themselves) measured
-~2x slower on 1024-sample chunks at batch 10,000, so they run uncut."""
+DEFAULT_CHUNK = None
+"""Samples per forward chunk; None: whole batches. Dense layers (one big GEMM) measured ~2x
+slower on 1024-sample chunks at batch 10,000; torch CSR layers slice their input themselves,
+prunelab's kernels tile it."""
 
 
 class CompactMLP(nn.Module):
@@ -47,7 +46,7 @@ class CompactMLP(nn.Module):
     """
 
     def __init__(self, input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer],
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = DEFAULT_CHUNK) -> None:
         super().__init__()
         _check_chain(input_size, input_index, layers)
         if chunk is not None and (not isinstance(chunk, int) or chunk <= 0):
@@ -56,8 +55,6 @@ class CompactMLP(nn.Module):
         self.register_buffer("input_index", input_index.long())
         self.layers = nn.ModuleList(layers)
         self.chunk = chunk
-        """Samples per forward chunk; None: ``DEFAULT_CHUNK`` if a layer runs torch CSR."""
-        self._chunk = chunk or (DEFAULT_CHUNK if "csr-torch" in self.plan else None)
         self._gather = input_index.numel() != input_size or not torch.equal(
             input_index.long(), torch.arange(input_size))
 
@@ -82,9 +79,9 @@ class CompactMLP(nn.Module):
         x = x.flatten(1)
         if x.shape[1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
-        if self._chunk is None or x.shape[0] <= self._chunk:
+        if self.chunk is None or x.shape[0] <= self.chunk:
             return self._run(x).contiguous()
-        return torch.cat([self._run(part) for part in x.split(self._chunk)])
+        return torch.cat([self._run(part) for part in x.split(self.chunk)])
 
 
 def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer]) -> None:
@@ -102,7 +99,7 @@ def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[De
 
 
 def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
-            chunk: int | None = None) -> CompactMLP:
+            chunk: int | None = DEFAULT_CHUNK) -> CompactMLP:
     """The smallest network computing ``model``'s outputs, its layers run as ``plan`` says.
 
     ``model`` is a ``prunelab.model.MLP`` (ReLU between Linear layers); ``plan`` names a backend

