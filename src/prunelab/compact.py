@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunelab.layers import LAYER_BACKENDS, DenseLayer, check_backend
+from prunelab.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
 from prunelab.model import MLP, linear_layers
 from prunelab.sparsity import effective_masks
 
@@ -57,6 +57,7 @@ class CompactMLP(nn.Module):
         self.chunk = chunk
         self._gather = input_index.numel() != input_size or not torch.equal(
             input_index.long(), torch.arange(input_size))
+        self._chain = _single_sample_chain(self.input_index, self.layers)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -79,9 +80,23 @@ class CompactMLP(nn.Module):
         x = x.flatten(1)
         if x.shape[1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
+        if self._chain is not None and x.shape[0] == 1:
+            from prunelab.kernels import chain_matvec  # loaded already by the numba layers
+
+            sample = x[0].detach().float().contiguous().numpy()
+            return torch.from_numpy(chain_matvec(self._chain, sample)).reshape(1, -1)
         if self.chunk is None or x.shape[0] <= self.chunk:
             return self._run(x).contiguous()
         return torch.cat([self._run(part) for part in x.split(self.chunk)])
+
+
+def _single_sample_chain(input_index: torch.Tensor, layers: nn.ModuleList) -> tuple | None:
+    """Packed arrays to run a single sample in one compiled call, when every layer allows."""
+    if not all(isinstance(m, CSRNumbaLayer) and m.bias is None for m in layers):
+        return None
+    from prunelab.kernels import pack_chain
+
+    return pack_chain([m.csc for m in layers], input_index.numpy(), [m.shape[0] for m in layers])
 
 
 def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer]) -> None:

@@ -25,7 +25,8 @@ import numba
 import numpy as np
 
 __all__ = [
-    "SERIAL_WORK", "TILE", "csc_arrays", "csc_matvec", "csr_arrays", "csr_matmul", "warm_up",
+    "SERIAL_WORK", "TILE", "chain_matvec", "csc_arrays", "csc_matvec", "csr_arrays",
+    "csr_matmul", "pack_chain", "warm_up",
 ]
 
 TILE = 256
@@ -70,6 +71,51 @@ def csc_matvec(colptr: np.ndarray, rows: np.ndarray, data: np.ndarray, x: np.nda
     out = np.empty(n_out, dtype=np.float32)
     _scatter(colptr, rows, data, x, out, relu)
     return out
+
+
+def pack_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]], input_index: np.ndarray,
+               n_outs: list[int]) -> tuple[np.ndarray, ...]:
+    """Flat arrays for ``chain_matvec``: each bias-free layer's ``csc_arrays`` and output width,
+    and the input features the first layer reads."""
+    nnz = [d.size for _, _, d in layers]
+    starts = np.cumsum(nnz) - nnz  # where each layer's nonzeros begin in the flat arrays
+    colptr = np.concatenate([c.astype(np.int64) + s
+                             for (c, _, _), s in zip(layers, starts, strict=True)])
+    col_off = np.cumsum([0] + [c.size for c, _, _ in layers]).astype(np.int64)
+    sizes = np.array(n_outs, dtype=np.int64)
+    return (colptr, np.concatenate([r for _, r, _ in layers]),
+            np.concatenate([d for _, _, d in layers]), col_off, sizes,
+            np.ascontiguousarray(input_index, dtype=np.int64))
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _chain(colptr, rows, data, col_off, sizes, index, x):  # pragma: no cover - compiled
+    cur = np.empty(index.size, dtype=np.float32)
+    for j in range(index.size):
+        cur[j] = x[index[j]]
+    n_layers = sizes.size
+    for layer in range(n_layers):
+        out = np.zeros(sizes[layer], dtype=np.float32)
+        c0 = col_off[layer]
+        for j in range(col_off[layer + 1] - c0 - 1):
+            v = cur[j]
+            if v != 0.0:
+                for p in range(colptr[c0 + j], colptr[c0 + j + 1]):
+                    out[rows[p]] += data[p] * v
+        if layer < n_layers - 1:
+            for r in range(out.size):
+                if out[r] < 0.0:
+                    out[r] = 0.0
+        cur = out
+    return cur
+
+
+def chain_matvec(packed: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
+    """A whole bias-free ReLU network on one sample ``x`` (features,) in one compiled call.
+
+    For a single sample, Python overhead between layers costs as much as the sparse work.
+    """
+    return _chain(*packed, x)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -170,3 +216,4 @@ def warm_up() -> None:
         _by_rows(*arrays, h, out, True, 2)
         _by_tiles(*arrays, h, out, True, TILE)
     csc_matvec(*csc_arrays(w), np.ones(3, dtype=np.float32), 3, relu=True)
+    chain_matvec(pack_chain([csc_arrays(w)], np.arange(3), [3]), np.ones(3, dtype=np.float32))
