@@ -38,17 +38,19 @@ def _k(k: float) -> str:
 
 def _method_summary(method: str, rows: dict[float, dict], dense: float) -> str:
     ks = list(rows)
-    within = [k for k in ks if rows[k]["accuracy"] >= dense - 0.01]
-    # "Holds up to k": every sparsity up to it stays within one point.
+    within = [k for k in ks if k > 0 and rows[k]["accuracy"] >= dense - 0.01]
+    # "Holds up to k": every measured sparsity up to it stays within one point.
     holds = None
-    for k in ks:
+    for k in (k for k in ks if k > 0):
         if rows[k]["accuracy"] < dense - 0.01:
             break
         holds = k
     below_half = [k for k in ks if rows[k]["accuracy"] < dense / 2]
     parts = []
     if holds is None:
-        parts.append(f"is more than 1 point below dense already at {_k(ks[0])}")
+        first = next((k for k in ks if k > 0), ks[0])
+        parts.append(f"is more than 1 point below dense already at {_k(first)} "
+                     f"({_pct(rows[first]['accuracy'])})")
     else:
         parts.append(f"stays within 1 point of dense accuracy up to {_k(holds)} "
                      f"({_pct(rows[holds]['accuracy'])})")
@@ -123,20 +125,23 @@ def analysis(results: Results) -> list[str]:
     return lines
 
 
-def _table(results: Results) -> str:
+_ACCURACY_COLUMNS = (("acc (%)", lambda r: f"{100 * r['accuracy']:.2f}"),
+                     ("loss", lambda r: f"{r['loss']:.4f}"))
+_SIZE_COLUMNS = (("eff. sparsity (%)", lambda r: f"{100 * r['effective_sparsity']:.1f}"),
+                 ("params", lambda r: f"{r['params_remaining']:,}"))
+
+
+def _table(results: Results, columns) -> str:
+    """One row per k; for each method the given (header, format) columns."""
     methods = _by_method(results)
     ks = sorted({k for rows in methods.values() for k in rows})
-    headers = ["k (%)"]
-    for m in methods:
-        headers += [f"{m} acc (%)", f"{m} loss", f"{m} eff. sparsity (%)", f"{m} params"]
+    headers = ["k (%)"] + [f"{m} {h}" for m in methods for h, _ in columns]
     body = []
     for k in ks:
-        line: list[object] = [f"{k:g}"]
+        line = [f"{k:g}"]
         for rows in methods.values():
             r = rows.get(k)
-            line += ([f"{100 * r['accuracy']:.2f}", f"{r['loss']:.4f}",
-                      f"{100 * r['effective_sparsity']:.1f}", f"{r['params_remaining']:,}"]
-                     if r else ["", "", "", ""])
+            line += [fmt(r) if r else "" for _, fmt in columns]
         body.append(line)
     return tabulate(body, headers, tablefmt="github", disable_numparse=True)
 
@@ -150,11 +155,24 @@ def _history(results: Results) -> list[str]:
     return [
         "## Training",
         "",
-        f"{len(history)} epochs; final train accuracy {_pct(last['train_accuracy'])}, "
+        f"{len(history)} epoch{'s' if len(history) > 1 else ''}; "
+        f"final train accuracy {_pct(last['train_accuracy'])}, "
         f"test accuracy {_pct(last['test_accuracy'])}; median {np.median(secs):.2f} s "
         "per epoch of optimisation steps.",
         "",
     ]
+
+
+def _settings_line(settings: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in settings.items())
+
+
+def _model_line(model: dict) -> str:
+    if not model:
+        return "?"
+    sizes = [model["input_size"], *model["hidden"], model["num_classes"]]
+    return (" → ".join(map(str, sizes)) + ", ReLU, "
+            + ("with biases" if model.get("bias") else "no biases"))
 
 
 def render_report(results: Results, plot_dir: str = "plots") -> str:
@@ -170,9 +188,9 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         "## Configuration",
         "",
         f"- dataset: {run.get('dataset')}",
-        f"- model: {run.get('model')}",
-        f"- training: {run.get('train')}",
-        f"- sweep: {results.meta.get('sweep')}",
+        f"- model: {_model_line(run.get('model', {}))}",
+        f"- training: {_settings_line(run.get('train', {}))}",
+        f"- sweep: {_settings_line(results.meta.get('sweep', {}))}",
         "- pruned layers: every Linear layer but the last, each at sparsity k",
         "",
         "## Environment",
@@ -182,11 +200,15 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         *_history(results),
         "## Results",
         "",
-        "Accuracy and loss on the full test set. *Effective sparsity* counts weights that can no "
-        "longer change the output (zeroed, or cut off by dead units); *params* are the parameters "
-        "that can.",
+        f"Accuracy and mean cross-entropy on the full test set "
+        f"({results.meta.get('test_size', 'all')} images).",
         "",
-        _table(results),
+        _table(results, _ACCURACY_COLUMNS),
+        "",
+        "*Effective sparsity* counts the weights that can no longer change the output (zeroed, or "
+        "cut off by dead units); *params* are the parameters that still can.",
+        "",
+        _table(results, _SIZE_COLUMNS),
         "",
         *[f"![{name}]({plot_dir}/{name}.png)" for name in PLOTS],
         "",

@@ -119,6 +119,16 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions and hardware, for reports."""
     return {
@@ -126,7 +136,7 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

@@ -185,6 +185,7 @@ def run_sweep(
         "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
                   "calibration_size": config.calibration_size},
         "environment": environment_info(device),
+        "test_size": len(data.test_x),
         "history": run.history,
     }
     accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)

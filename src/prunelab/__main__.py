@@ -1,0 +1,5 @@
+"""``python -m prunelab`` runs the command line."""
+
+from prunelab.cli import main
+
+main()
