@@ -32,10 +32,10 @@ from prunelab.sparsity import effective_masks
 
 __all__ = ["DEFAULT_CHUNK", "CompactMLP", "compact", "with_plan"]
 
-DEFAULT_CHUNK = None
-"""Samples per forward chunk; None: whole batches. Dense layers (one big GEMM) measured ~2x
-slower on 1024-sample chunks at batch 10,000; torch CSR layers slice their input themselves,
-prunelab's kernels tile it."""
+DEFAULT_CHUNK = 1024
+"""Samples per forward chunk: bigger batches are cut so that each chunk's activations stay in
+cache from layer to layer. Measured at batch 10,000 (weight-pruned 95 %, 1 thread): numba
+layers 2x faster in 1024-sample chunks, dense layers unchanged."""
 
 
 class CompactMLP(nn.Module):
