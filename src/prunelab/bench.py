@@ -107,7 +107,8 @@ def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
     batch_size = check_batch_size(batch_size)
     gen = torch.Generator().manual_seed(seed)
     base = compact(model)
-    layers = [_best_layer(layer, batch_size, repeats, gen) for layer in base.layers]
+    batch = min(batch_size, base.chunk or batch_size)  # what each layer sees per call
+    layers = [_best_layer(layer, batch, repeats, gen) for layer in base.layers]
     options: dict[tuple[str, ...], nn.Module] = {("masked",): model, base.plan: base}
     planned = CompactMLP(base.input_size, base.input_index, layers, base.chunk)
     options.setdefault(planned.plan, planned)
