@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 import prunelab
 from prunelab.cli import cli
+from prunelab.export import spec_path
 from prunelab.model import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
 from prunelab.results import RunConfig, save_run
@@ -67,3 +70,16 @@ def test_bench_writes_table(run_dir):
     assert result.exit_code == 0, result.output
     assert (run_dir / "bench.csv").is_file() and (run_dir / "plots/bench_speedup.png").is_file()
     assert "| unit" in result.output
+
+
+def test_model_info_and_a_model_file_that_does_not_chain(run_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["compact", str(run_dir), "--method", "unit", "--sparsity", "50", "--out", str(out),
+            "--backend", "dense"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    result = CliRunner().invoke(cli, ["model-info", str(out)])
+    assert result.exit_code == 0 and "[784, 16, 8, 10]" in result.output, result.output
+    spec = json.loads(spec_path(out).read_text())
+    spec["layers"][1]["in"] = 9  # 16 outputs feed a layer that takes 9
+    spec_path(out).write_text(json.dumps(spec))
+    _fails_in_one_line(["model-info", str(out)], "layer 1")

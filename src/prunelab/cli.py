@@ -20,6 +20,7 @@ from prunelab.bench_report import plan_lines, read_bench, speedup_table
 from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
 from prunelab.data import DATASETS, load_dataset
 from prunelab.deploy import EXPORT_BACKENDS, compact_run
+from prunelab.export import load_model
 from prunelab.model import MLPConfig
 from prunelab.plots import plot_results
 from prunelab.pruning import METHODS
@@ -286,6 +287,15 @@ def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir) -
     done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir)
     click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
                f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
+
+
+@cli.command(name="model-info")
+@click.argument("model_file", type=click.Path(path_type=Path))
+def model_info(model_file) -> None:
+    """Layer sizes and backends of a model file written by `prunelab compact`."""
+    net = load_model(model_file)
+    click.echo(f"{model_file}: layer sizes {list(net.sizes)} (input features read of "
+               f"{net.input_size}), backends {list(net.plan)}")
 
 
 def main() -> None:
