@@ -9,6 +9,7 @@
 
 from prunelab.data import load_dataset
 from prunelab.evaluate import evaluate
+from prunelab.export import load_model, save_model
 from prunelab.model import MLP, MLPConfig, build_mlp
 from prunelab.pruning import METHODS, PruneContext, apply_weights, prune
 from prunelab.results import load_results, load_run
@@ -27,9 +28,11 @@ __all__ = [
     "build_mlp",
     "evaluate",
     "load_dataset",
+    "load_model",
     "load_results",
     "load_run",
     "measure_sparsity",
     "prune",
+    "save_model",
     "train",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +20,9 @@ def evaluate(
         raise ValueError(f"need as many labels as samples (>0), got {len(x)} and {len(y)}")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    # Buffers too: a compacted model (prunelab.compact) keeps its weights as buffers.
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
     correct, loss_sum = 0, 0.0
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)

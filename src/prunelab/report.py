@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from prunelab.bench_report import bench_section
 from prunelab.plots import PLOTS
 from prunelab.results import Results, atomic_write
 
@@ -222,5 +223,6 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
 def write_report(results: Results, run_dir: Path) -> Path:
     """Write ``report.md`` into ``run_dir`` atomically."""
     path = Path(run_dir) / REPORT
-    atomic_write(path, render_report(results))
+    # The latency section (issue 3) comes from bench.csv when a benchmark has been run.
+    atomic_write(path, render_report(results) + bench_section(run_dir))
     return path

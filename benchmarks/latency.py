@@ -1,0 +1,134 @@
+"""Whole-network inference latency of a pruned MLP: dense vs masked, compacted, sparse, auto.
+
+Prunes the trained model of RUN_DIR with each method at each sparsity, times the forward pass
+of every backend at each batch size (float32, warm-up, median of repeats, round-robin with the
+dense model so that ratios come from the same run), checks every backend's outputs against the
+masked network's on the test set, and prints the speed-ups next to issue 3's targets.
+
+Writes OUT/bench.csv, OUT/bench.json and OUT/plots/bench_speedup.png (OUT defaults to
+RUN_DIR, where `prunelab report` then adds an "Inference speed" section).
+
+    python benchmarks/latency.py /work/runs/fashion-mnist-seed0 --out /work/runs/issue-3
+    python benchmarks/latency.py RUN --methods weight --sparsities 95,99 --batch-sizes 1,64
+
+Run it on an idle machine: the script warns when the load average says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numba
+import torch
+from tabulate import tabulate
+
+from prunelab.bench_report import plot_bench
+from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, run_bench
+from prunelab.data import load_dataset
+from prunelab.kernels import warm_up
+from prunelab.pruning import METHODS
+from prunelab.results import load_run
+from prunelab.sweep import calibration_set
+
+# Issue 3's targets: minimum speed-up of the best backend (auto) vs dense, per batch size.
+WEIGHT_TARGETS = {95.0: {1: 5, 64: 6, 1024: 4, 10000: 4}, 99.0: {1: 10, 64: 10, 1024: 8,
+                                                                   10000: 8}}
+AUTO_FLOOR = 0.95  # auto vs dense, every method and k
+UNIT_FLOP_SHARE = 0.9  # compacted unit-pruned net vs its FLOP limit, batch >= 1024, k <= 90
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(",") if p.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(p) / 100 for p in text.split(",") if p.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("run_dir", type=Path, help="run folder with a trained model")
+    p.add_argument("--out", type=Path, default=None, help="output folder [default: RUN_DIR]")
+    p.add_argument("--methods", default="weight,unit",
+                   help=f"comma-separated, from {', '.join(METHODS)} [default: weight,unit]")
+    p.add_argument("--sparsities", default="50,90,95,99",
+                   help="percent, comma-separated [default: 50,90,95,99]")
+    p.add_argument("--batch-sizes", default="1,64,1024,10000",
+                   help="comma-separated [default: 1,64,1024,10000]")
+    p.add_argument("--backends", default=",".join(NETWORK_BACKENDS),
+                   help=f"comma-separated [default: {','.join(NETWORK_BACKENDS)}]")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds [default: 15]")
+    p.add_argument("--budget", type=float, default=10.0,
+                   help="seconds per batch size after which repeating stops [default: 10]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and numba threads [default: their defaults]")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing outputs with the masked network on the test set")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="datasets folder [default: PRUNELAB_DATA, cache, download]")
+    return p.parse_args(argv)
+
+
+def _verdicts(rows: list[dict]) -> list[list[str]]:
+    auto = {(r["method"], r["sparsity_pct"], r["batch_size"]): r for r in rows
+            if r["backend"] == "auto"}
+    out = []
+    for (method, k, batch), r in auto.items():
+        goal = AUTO_FLOOR
+        if method == "weight" and k in WEIGHT_TARGETS and batch in WEIGHT_TARGETS[k]:
+            goal = WEIGHT_TARGETS[k][batch]
+        s = r["speedup_vs_dense"]
+        out.append([method, f"{k:g}", batch, f"{s:.2f}x", f">= {goal:g}x",
+                    "ok" if s >= goal else "MISS", r["plan"]])
+    for r in rows:
+        if (r["backend"] == "compacted" and METHODS[r["method"]].granularity == "unit"
+                and r["batch_size"] >= 1024 and 0 < r["sparsity_pct"] <= 90):
+            goal = UNIT_FLOP_SHARE * r["flop_ratio"]
+            s = r["speedup_vs_dense"]
+            out.append([f"{r['method']} (compacted)", f"{r['sparsity_pct']:g}", r["batch_size"],
+                        f"{s:.2f}x", f">= {goal:.2f}x (0.9 FLOP)", "ok" if s >= goal else "MISS",
+                        "dense"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+    warm_up()  # compile the numba kernels (or load them from the cache) before any timing
+    config = BenchConfig(_ints(args.batch_sizes), tuple(args.backends.split(",")),
+                         repeats=args.repeats, budget_s=args.budget)
+    methods, sparsities = tuple(args.methods.split(",")), _floats(args.sparsities)
+    out = args.out or args.run_dir
+    run = load_run(args.run_dir)
+    needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
+    data = load_dataset(run.config.dataset, args.data_dir) if needs or not args.no_check else None
+    calibration = calibration_set(data, 2048, config.seed) if needs else None
+    print(f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, "
+          f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
+    rows = run_bench(out, run.model, methods, sparsities, config, calibration,
+                     None if args.no_check else data.test_x,
+                     on_row=lambda r: print(f"  {r['method']:>8} k={r['sparsity_pct']:<5g} "
+                                            f"batch {r['batch_size']:<6} {r['backend']:<13}"
+                                            f"{r['latency_ms']:9.3f} ms "
+                                            f"{r['speedup_vs_dense']:7.2f}x", flush=True))
+    plot_bench(rows, out / "plots")
+    if not args.no_check:
+        worst = max(r["max_abs_diff"] for r in rows if r["backend"] != "dense")
+        print(f"\nmax |output - masked output| on the test set, all backends: {worst:.2e}")
+    print("\n" + tabulate(_verdicts(rows), ["method", "k (%)", "batch", "speed-up", "target",
+                                            "", "plan"], tablefmt="github"))
+    print(f"\nwrote {out / 'bench.csv'} and {out / 'plots' / 'bench_speedup.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The latency benchmark's plot and report section, read from ``bench.csv`` only.
+
+``bench_section(run_dir)`` is the markdown that ``report.md`` gains when the run folder holds
+a ``bench.csv``; it is empty otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+__all__ = [
+    "BENCH_PLOT", "bench_section", "plan_lines", "plot_bench", "read_bench", "speedup_table",
+]
+
+BENCH_PLOT = "bench_speedup"
+_NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
+
+
+def read_bench(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/bench.csv`` with numbers parsed; [] when there is none."""
+    path = Path(run_dir) / "bench.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        for row in rows:
+            for key in _NUMERIC:
+                row[key] = float(row[key])
+            row["batch_size"] = int(row["batch_size"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a prunelab bench table ({e})") from None
+    return rows
+
+
+def speedup_table(rows: list[dict[str, Any]], backend: str) -> tuple[list[list[str]], list[str]]:
+    """(body, headers): ``backend``'s speed-up vs dense per method and k (rows), batch (cols)."""
+    batches = sorted({r["batch_size"] for r in rows})
+    cells: dict[tuple[str, float], dict[int, float]] = {}
+    flops: dict[tuple[str, float], float] = {}
+    for r in rows:
+        if r["backend"] == backend:
+            key = (r["method"], r["sparsity_pct"])
+            cells.setdefault(key, {})[r["batch_size"]] = r["speedup_vs_dense"]
+            flops[key] = r["flop_ratio"]
+    headers = ["method", "k (%)", "FLOP limit", *[f"batch {b}" for b in batches]]
+    body = [[m, f"{k:g}", f"{flops[(m, k)]:.1f}x",
+             *[f"{c[b]:.2f}x" if b in c else "" for b in batches]]
+            for (m, k), c in cells.items()]
+    return body, headers
+
+
+def plan_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One markdown bullet per (method, k, batch): the per-layer backends auto chose."""
+    return [f"- {r['method']} k = {r['sparsity_pct']:g}, batch {r['batch_size']}: "
+            f"{r['plan'].replace('/', ' / ')}" for r in rows if r["backend"] == "auto"]
+
+
+def plot_bench(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Speed-up vs sparsity, one panel per batch size: auto and sparse per method, FLOP limit."""
+    batches = sorted({r["batch_size"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for i, method in enumerate(methods):
+            color = f"C{i}"
+            for backend, style in (("auto", "-o"), ("sparse", ":x"), ("compacted", "--s")):
+                pts = sorted((r["sparsity_pct"], r["speedup_vs_dense"]) for r in rows
+                             if r["method"] == method and r["batch_size"] == batch
+                             and r["backend"] == backend)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, color=color, ms=3,
+                            label=f"{method} {backend}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(title=f"batch {batch}", xlabel="sparsity k (%)", yscale="log")
+    axes[0][0].set_ylabel("speed-up vs dense (x)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{BENCH_PLOT}.png"
+    tmp = out_dir / f".{BENCH_PLOT}.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _meta(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "bench.json"
+    try:
+        return json.loads(path.read_text()).get("meta", {}) if path.is_file() else {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
+    """Markdown for ``report.md`` from ``run_dir/bench.csv``; "" when there is none."""
+    rows = read_bench(run_dir)
+    if not rows:
+        return ""
+    meta = _meta(run_dir)
+    env = meta.get("environment", {})
+    lines = [
+        "## Inference speed",
+        "",
+        "Whole-network forward latency, float32, median of repeats after warm-up, timed "
+        "round-robin with the dense model in the same run (`prunelab bench`). *auto* compacts "
+        "the pruned network and picks per layer the fastest of dense, torch CSR and prunelab's "
+        "numba CSR kernel by timing them; the *FLOP limit* is dense multiply-adds over live ones.",
+        "",
+        f"Threads: {env.get('torch_threads', '?')} on {env.get('cpu_count', '?')} cores "
+        f"({env.get('cpu', '?')}).",
+        "",
+    ]
+    if meta.get("load_warning"):
+        lines += [f"**Warning:** {meta['load_warning']}.", ""]
+    for backend in ("auto", "compacted", "sparse"):
+        body, headers = speedup_table(rows, backend)
+        if body:
+            lines += [f"Speed-up vs dense, **{backend}**:", "",
+                      tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+    plans = plan_lines(rows)
+    if plans:
+        lines += ["Backends *auto* chose, per layer (*masked*: the pruned model as it is):", "",
+                  *plans, ""]
+    if (Path(run_dir) / plot_dir / f"{BENCH_PLOT}.png").is_file():
+        lines += [f"![{BENCH_PLOT}]({plot_dir}/{BENCH_PLOT}.png)", ""]
+    return "\n".join(lines)

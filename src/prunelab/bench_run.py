@@ -1,0 +1,210 @@
+"""Whole-network latency of every backend, for each pruning method and sparsity of a run.
+
+``run_bench`` prunes the run's model with each method at each sparsity and times the forward
+pass of each backend in ``NETWORK_BACKENDS`` at each batch size, round-robin with the dense
+model, so ``speedup_vs_dense`` is a ratio taken in the same run. ``bench.csv`` and
+``bench.json`` are rewritten atomically after every (method, sparsity).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.bench import auto_backend, check_batch_size, load_warning, time_calls
+from prunelab.bench_report import plot_bench, read_bench
+from prunelab.compact import compact
+from prunelab.data import Dataset, load_dataset
+from prunelab.model import linear_layers
+from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
+from prunelab.results import atomic_write, environment_info, load_run
+from prunelab.sparsity import measure_sparsity
+from prunelab.sweep import calibration_set
+
+__all__ = [
+    "BENCH_COLUMNS",
+    "NETWORK_BACKENDS",
+    "BenchConfig",
+    "bench_pruned",
+    "bench_run_folder",
+    "pruned_from_run",
+    "run_bench",
+]
+
+log = logging.getLogger(__name__)
+
+BENCH_CSV, BENCH_JSON = "bench.csv", "bench.json"
+BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms",
+                 "speedup_vs_dense", "flop_ratio", "plan", "max_abs_diff", "repeats", "threads")
+
+Builder = Callable[[nn.Module, nn.Module, int], tuple[nn.Module, str]]
+NETWORK_BACKENDS: dict[str, Builder] = {
+    "dense": lambda dense, pruned, batch: (dense, "unpruned model"),
+    "masked": lambda dense, pruned, batch: (pruned, "zeroed weights, dense arithmetic"),
+    "compacted": lambda dense, pruned, batch: (compact(pruned), "dense"),
+    "sparse": lambda dense, pruned, batch: (compact(pruned, "csr-numba"), "csr-numba"),
+    "sparse-torch": lambda dense, pruned, batch: (compact(pruned, "csr-torch"), "csr-torch"),
+    "auto": lambda dense, pruned, batch: _auto(pruned, batch),
+}
+"""Whole-network backends: name -> (dense model, pruned model, batch) -> (module, plan)."""
+BATCH_DEPENDENT = frozenset({"auto"})
+"""Backends whose module depends on the batch size (the others are built once)."""
+
+
+def _auto(pruned: nn.Module, batch: int) -> tuple[nn.Module, str]:
+    choice = auto_backend(pruned, batch)
+    return choice.module, "/".join(choice.plan)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time, and how."""
+
+    batch_sizes: tuple[int, ...] = (1, 64, 1024, 10000)
+    """Samples per forward pass."""
+    backends: tuple[str, ...] = tuple(NETWORK_BACKENDS)
+    """Keys of ``NETWORK_BACKENDS``; ``dense`` is always timed (it is the reference)."""
+    warmup: int = 2
+    """Untimed rounds before timing."""
+    repeats: int = 15
+    """Timed rounds; the median is reported."""
+    budget_s: float = 10.0
+    """Stop repeating (after 3 rounds) once one batch size has taken this long."""
+    seed: int = 0
+    """Seeds the random inputs and randomised pruning methods."""
+
+    def __post_init__(self) -> None:
+        sizes = tuple(check_batch_size(b) for b in self.batch_sizes)
+        if not sizes:
+            raise ValueError("no batch sizes given")
+        unknown = [b for b in self.backends if b not in NETWORK_BACKENDS]
+        if unknown or not self.backends:
+            raise ValueError(f"unknown backend(s) {unknown}; choose from {list(NETWORK_BACKENDS)}")
+        backends = ("dense", *(b for b in self.backends if b != "dense"))
+        object.__setattr__(self, "batch_sizes", sizes)
+        object.__setattr__(self, "backends", backends)
+        if self.repeats < 1 or self.warmup < 0 or self.budget_s <= 0:
+            raise ValueError(f"need repeats >= 1, warmup >= 0, budget_s > 0; got "
+                             f"{self.repeats}, {self.warmup}, {self.budget_s}")
+
+
+def _dense_macs(model: nn.Module) -> int:
+    return sum(m.weight.numel() for _, m in linear_layers(model))
+
+
+@torch.no_grad()
+def _max_diff(module: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> float:
+    return float((module(x) - reference).abs().max())
+
+
+def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
+                 check_x: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Rows (without method/sparsity) timing each backend of ``pruned`` at each batch size.
+
+    ``check_x``: inputs on which each backend's outputs are compared with ``pruned``'s.
+    """
+    live = measure_sparsity(pruned).macs_per_sample
+    flop_ratio = _dense_macs(dense) / live if live else float("inf")
+    reference = pruned(check_x) if check_x is not None else None
+    gen = torch.Generator().manual_seed(config.seed)
+    built: dict[str, tuple[nn.Module, str, float | str]] = {}
+    rows = []
+    for batch in config.batch_sizes:
+        for name in config.backends:
+            if name in built and name not in BATCH_DEPENDENT:
+                continue  # built and checked once for all batch sizes
+            module, plan = NETWORK_BACKENDS[name](dense, pruned, batch)
+            diff = ("" if reference is None or name == "dense"
+                    else _max_diff(module, reference, check_x))
+            built[name] = (module, plan, diff)
+        x = torch.rand(batch, linear_layers(dense)[0][1].in_features, generator=gen)
+        times = time_calls([lambda m=built[b][0], x=x: m(x) for b in config.backends],
+                           config.warmup, config.repeats, config.budget_s)
+        for name, t in zip(config.backends, times, strict=True):
+            _, plan, diff = built[name]
+            rows.append({
+                "batch_size": batch, "backend": name, "latency_ms": 1e3 * t,
+                "speedup_vs_dense": times[0] / t, "flop_ratio": flop_ratio, "plan": plan,
+                "max_abs_diff": diff, "repeats": config.repeats,
+                "threads": torch.get_num_threads(),
+            })
+    return rows
+
+
+def _write(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=BENCH_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(run_dir / BENCH_JSON, json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
+    atomic_write(run_dir / BENCH_CSV, buf.getvalue())
+
+
+def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
+              sparsities: tuple[float, ...], config: BenchConfig,
+              calibration: torch.Tensor | None = None, check_x: torch.Tensor | None = None,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Time every backend for each method and sparsity; write ``bench.csv`` after each."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown pruning method(s) {unknown}; choose from {sorted(METHODS)}")
+    sparsities = tuple(check_sparsity(s) for s in sparsities)
+    warning = load_warning()
+    if warning:
+        log.warning(warning)
+    meta = {"config": asdict(config), "environment": environment_info(),
+            "load_warning": warning}
+    context = PruneContext(calibration=calibration,
+                           generator=torch.Generator().manual_seed(config.seed))
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        for sparsity in sparsities:
+            pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+            for row in bench_pruned(model, pruned, config, check_x):
+                row = {"method": method, "sparsity_pct": round(100 * sparsity, 6), **row}
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+            _write(Path(run_dir), rows, meta)
+    return rows
+
+
+def pruned_from_run(run_dir: Path, method: str, sparsity: float, data: Dataset | None = None,
+                    calibration_size: int = 2048, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(trained model, its copy pruned by ``method`` at ``sparsity``) from ``run_dir``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
+    run = load_run(Path(run_dir))
+    calibration = None
+    if METHODS[method].needs_calibration:
+        data = data or load_dataset(run.config.dataset)
+        calibration = calibration_set(data, calibration_size, seed)
+    context = PruneContext(calibration, torch.Generator().manual_seed(seed))
+    return run.model, apply_weights(run.model, prune(run.model, method, sparsity, context=context))
+
+
+def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[float, ...],
+                     config: BenchConfig, data_dir: Path | None = None, check: bool = True,
+                     calibration_size: int = 2048,
+                     on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """``run_bench`` on the model of ``run_dir``; with ``check``, outputs are compared with the
+    masked network's on its test set. Plots too; returns the path of ``bench.csv``.
+    """
+    run = load_run(Path(run_dir))
+    needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
+    data = load_dataset(run.config.dataset, data_dir) if check or needs else None
+    calibration = calibration_set(data, calibration_size, config.seed) if needs else None
+    run_bench(Path(run_dir), run.model, methods, sparsities, config, calibration,
+              data.test_x if check else None, on_row)
+    plot_bench(read_bench(Path(run_dir)), Path(run_dir) / "plots")
+    return Path(run_dir) / BENCH_CSV

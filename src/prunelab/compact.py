@@ -1,0 +1,162 @@
+"""From a pruned MLP, a physically smaller network that computes the same outputs.
+
+``compact`` drops every hidden unit that cannot change the output (no live incoming weight and
+no bias, or no live outgoing weight) together with its row and column, and every input feature
+that no live weight reads: the first layer then gathers only the pixels it uses. Which weights
+are alive comes from ``prunelab.sparsity.effective_masks``. Each remaining layer then runs in
+a backend of ``prunelab.layers.LAYER_BACKENDS``: dense, or sparse for weight-pruned layers.
+
+>>> import torch
+>>> from prunelab.model import MLPConfig, build_mlp
+>>> from prunelab.pruning import apply_weights, prune
+>>> net = build_mlp(MLPConfig(hidden=(64, 32)), torch.Generator().manual_seed(0))
+>>> pruned = apply_weights(net, prune(net, "unit", 0.5))
+>>> small = compact(pruned)
+>>> small.sizes
+(784, 32, 16, 10)
+>>> x = torch.rand(3, 784)
+>>> bool((small(x) - pruned(x)).abs().max() < 1e-5)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from prunelab.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
+from prunelab.model import MLP, linear_layers
+from prunelab.sparsity import effective_masks
+
+__all__ = ["DEFAULT_CHUNK", "CompactMLP", "compact", "with_plan"]
+
+DEFAULT_CHUNK = 1024
+"""Samples per forward chunk: bigger batches are cut so that each chunk's activations stay in
+cache from layer to layer. Measured at batch 10,000 (weight-pruned 95 %, 1 thread): numba
+layers 2x faster in 1024-sample chunks, dense layers unchanged."""
+
+
+class CompactMLP(nn.Module):
+    """A ReLU MLP for inference: gathers its input features, then runs its layers.
+
+    ``input_index`` holds the input features read, in order, out of ``input_size``;
+    activations between layers are feature-major (features, batch).
+    """
+
+    def __init__(self, input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer],
+                 chunk: int | None = DEFAULT_CHUNK) -> None:
+        super().__init__()
+        _check_chain(input_size, input_index, layers)
+        if chunk is not None and (not isinstance(chunk, int) or chunk <= 0):
+            raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
+        self.input_size = input_size
+        self.register_buffer("input_index", input_index.long())
+        self.layers = nn.ModuleList(layers)
+        self.chunk = chunk
+        self._gather = input_index.numel() != input_size or not torch.equal(
+            input_index.long(), torch.arange(input_size))
+        self._chain = _single_sample_chain(self.input_index, self.layers)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Input features read, then every layer's output width."""
+        return (self.input_index.numel(), *(layer.shape[0] for layer in self.layers))
+
+    @property
+    def plan(self) -> tuple[str, ...]:
+        """The backend of each layer."""
+        return tuple(layer.backend for layer in self.layers)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x.index_select(1, self.input_index) if self._gather else x).t().contiguous()
+        for layer in self.layers:
+            h = layer(h)  # (features, batch)
+        return h.t()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
+        if self._chain is not None and x.shape[0] == 1:
+            from prunelab.kernels import chain_matvec  # loaded already by the numba layers
+
+            sample = x[0].detach().float().contiguous().numpy()
+            return torch.from_numpy(chain_matvec(self._chain, sample)).reshape(1, -1)
+        if self.chunk is None or x.shape[0] <= self.chunk:
+            return self._run(x).contiguous()
+        return torch.cat([self._run(part) for part in x.split(self.chunk)])
+
+
+def _single_sample_chain(input_index: torch.Tensor, layers: nn.ModuleList) -> tuple | None:
+    """Packed arrays to run a single sample in one compiled call, when every layer allows."""
+    if not all(isinstance(m, CSRNumbaLayer) and m.bias is None for m in layers):
+        return None
+    from prunelab.kernels import pack_chain
+
+    return pack_chain([m.csc for m in layers], input_index.numpy(), [m.shape[0] for m in layers])
+
+
+def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer]) -> None:
+    if not layers:
+        raise ValueError("a network needs at least one layer")
+    n_in = input_index.numel()
+    if input_index.dim() != 1 or (n_in and not 0 <= int(input_index.min()) <= int(
+            input_index.max()) < input_size):
+        raise ValueError(f"input index must list features in 0..{input_size - 1}")
+    for i, layer in enumerate(layers):
+        if layer.shape[1] != n_in:
+            raise ValueError(f"layer {i} takes {layer.shape[1]} inputs but receives {n_in}: "
+                             "layer shapes do not chain")
+        n_in = layer.shape[0]
+
+
+def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
+            chunk: int | None = DEFAULT_CHUNK) -> CompactMLP:
+    """The smallest network computing ``model``'s outputs, its layers run as ``plan`` says.
+
+    ``model`` is a ``prunelab.model.MLP`` (ReLU between Linear layers); ``plan`` names a backend
+    of ``LAYER_BACKENDS`` per layer, or one for all (default ``dense``). Output units are kept.
+    """
+    if not isinstance(model, MLP):
+        raise TypeError(f"compact needs a prunelab MLP (ReLU between Linear layers), "
+                        f"got {type(model).__name__}")
+    layers = [m for _, m in linear_layers(model)]
+    plan = _check_plan(plan, len(layers))
+    masks = effective_masks(layers)
+    keep_in = masks[0].any(0).nonzero().flatten()  # input features some live weight reads
+    built, cols = [], keep_in
+    for i, (layer, mask) in enumerate(zip(layers, masks, strict=True)):
+        last = i == len(layers) - 1
+        rows = torch.arange(layer.out_features) if last else masks[i + 1].any(0).nonzero().flatten()
+        w = (layer.weight.detach() * mask)[rows][:, cols]
+        b = None if layer.bias is None else layer.bias.detach()[rows]
+        built.append(LAYER_BACKENDS[plan[i]](w, b, relu=not last))
+        cols = rows
+    return CompactMLP(layers[0].in_features, keep_in, built, chunk)
+
+
+def _check_plan(plan: Sequence[str] | str | None, n_layers: int) -> tuple[str, ...]:
+    if plan is None or isinstance(plan, str):
+        return (check_backend(plan or "dense"),) * n_layers
+    plan = tuple(plan)
+    if len(plan) != n_layers:
+        raise ValueError(f"plan names {len(plan)} backends for {n_layers} layers: {list(plan)}")
+    return tuple(check_backend(name) for name in plan)
+
+
+def with_plan(net: CompactMLP, plan: Sequence[str] | str) -> CompactMLP:
+    """``net`` with each layer rebuilt in the backend ``plan`` names (``net`` is unchanged)."""
+    plan = _check_plan(plan, len(net.layers))
+    layers = [
+        layer if layer.backend == name
+        else LAYER_BACKENDS[name](layer.dense_weight(), _bias(layer), layer.relu)
+        for layer, name in zip(net.layers, plan, strict=True)
+    ]
+    return CompactMLP(net.input_size, net.input_index, layers, net.chunk)
+
+
+def _bias(layer: DenseLayer) -> torch.Tensor | None:
+    return None if layer.bias is None else layer.bias.flatten()

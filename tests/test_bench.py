@@ -1,0 +1,83 @@
+"""Latency measurement, the auto backend, bench.csv and its report section."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from prunelab.bench import auto_backend, check_batch_size, time_calls
+from prunelab.bench_report import bench_section, read_bench
+from prunelab.bench_run import BENCH_COLUMNS, BenchConfig, bench_pruned, run_bench
+from prunelab.layers import LAYER_BACKENDS
+from prunelab.model import MLPConfig, build_mlp
+from prunelab.pruning import apply_weights, prune
+
+FAST = {"warmup": 1, "repeats": 2, "budget_s": 0.5}
+
+
+def _net():
+    return build_mlp(MLPConfig(hidden=(48, 24)), torch.Generator().manual_seed(0))
+
+
+def test_time_calls_medians_per_call():
+    calls = [lambda: sum(range(10)), lambda: sum(range(100_000))]
+    fast, slow = time_calls(calls, warmup=1, repeats=5)
+    assert 0 < fast < slow
+
+
+@pytest.mark.parametrize(("method", "batch"), [("weight", 1), ("unit", 300)])
+def test_auto_plan_is_valid_and_exact(method, batch):
+    pruned = apply_weights(_net(), prune(_net(), method, 0.9))
+    choice = auto_backend(pruned, batch, repeats=2)
+    assert choice.plan == ("masked",) or (
+        len(choice.plan) == 3 and set(choice.plan) <= set(LAYER_BACKENDS))
+    x = torch.rand(batch, 784)
+    with torch.no_grad():
+        assert (choice.module(x) - pruned(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True])
+def test_batch_size_must_be_positive_integer(bad):
+    with pytest.raises(ValueError, match="batch size"):
+        check_batch_size(bad)
+    with pytest.raises(ValueError, match="batch size"):
+        BenchConfig(batch_sizes=(64, bad))
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend"):
+        BenchConfig(backends=("dense", "quantum"))
+
+
+def test_bench_rows_compare_with_dense():
+    pruned = apply_weights(_net(), prune(_net(), "weight", 0.75))
+    x = torch.rand(20, 784)
+    rows = bench_pruned(_net(), pruned, BenchConfig(batch_sizes=(2,), **FAST), check_x=x)
+    by_backend = {r["backend"]: r for r in rows}
+    assert list(by_backend) == list(BenchConfig().backends)
+    assert by_backend["dense"]["speedup_vs_dense"] == 1.0
+    # 75 % of the first two layers' weights gone; the last (24 x 10) kept.
+    dense_macs = 784 * 48 + 48 * 24 + 24 * 10
+    assert by_backend["auto"]["flop_ratio"] == pytest.approx(
+        dense_macs / (round(0.25 * 784 * 48) + round(0.25 * 48 * 24) + 240), rel=0.01)
+    for name, row in by_backend.items():
+        assert row["latency_ms"] > 0
+        if name != "dense":
+            assert row["max_abs_diff"] <= 1e-4
+
+
+def test_run_bench_writes_csv_and_report_section(tmp_path):
+    config = BenchConfig(batch_sizes=(1, 4), backends=("compacted", "auto"), **FAST)
+    rows = run_bench(tmp_path, _net(), ("weight", "unit"), (0.9,), config)
+    assert len(rows) == 2 * 1 * 2 * 3  # methods x k x batches x (dense, compacted, auto)
+    with (tmp_path / "bench.csv").open() as f:
+        header = next(csv.reader(f))
+    assert tuple(header) == BENCH_COLUMNS
+    assert {"method", "sparsity_pct", "batch_size", "backend", "latency_ms",
+            "speedup_vs_dense", "flop_ratio"} <= set(header)
+    assert len(read_bench(tmp_path)) == len(rows)
+    section = bench_section(tmp_path)
+    assert section.startswith("## Inference speed") and "| unit" in section
+    assert bench_section(tmp_path / "elsewhere") == ""

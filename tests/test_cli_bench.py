@@ -1,0 +1,85 @@
+"""`prunelab compact` and `prunelab bench`: results, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import prunelab
+from prunelab.cli import cli
+from prunelab.export import spec_path
+from prunelab.model import MLPConfig, build_mlp
+from prunelab.pruning import apply_weights, prune
+from prunelab.results import RunConfig, save_run
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    config = RunConfig(model=MLPConfig(hidden=(32, 16)))
+    save_run(tmp_path / "run", config, build_mlp(config.model, torch.Generator().manual_seed(0)),
+             [])
+    return tmp_path / "run"
+
+
+def _fails_in_one_line(args, needle):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.output
+
+
+def test_compact_writes_a_loadable_model(run_dir, tmp_path):
+    out = tmp_path / "small.safetensors"
+    result = CliRunner().invoke(cli, ["compact", str(run_dir), "--method", "weight",
+                                      "--sparsity", "90", "--out", str(out),
+                                      "--backend", "csr-numba"])
+    assert result.exit_code == 0, result.output
+    net = prunelab.load_model(out)
+    assert net.plan == ("csr-numba",) * 3
+    model = prunelab.load_run(run_dir).model
+    pruned = apply_weights(model, prune(model, "weight", 0.9))
+    x = torch.rand(5, 784)
+    with torch.no_grad():
+        assert (net(x) - pruned(x)).abs().max() <= 1e-4
+
+
+def test_compact_bad_input(run_dir, tmp_path):
+    out = str(tmp_path / "m.safetensors")
+    base = ["compact", str(run_dir), "--method", "weight", "--out", out]
+    _fails_in_one_line([*base, "--sparsity", "50", "--batch-size", "0"], "batch size")
+    _fails_in_one_line([*base, "--sparsity", "50", "--backend", "fpga"], "unknown backend")
+    _fails_in_one_line([*base, "--sparsity", "150"], "[0, 100]")
+    _fails_in_one_line(["compact", str(tmp_path / "none"), "--method", "weight", "--sparsity",
+                        "50", "--out", out], "does not exist")
+
+
+def test_bench_bad_input(run_dir):
+    _fails_in_one_line(["bench", str(run_dir), "--batch-sizes", "64,0"], "batch size")
+    _fails_in_one_line(["bench", str(run_dir), "--batch-sizes", "-5"], "batch size")
+    _fails_in_one_line(["bench", str(run_dir), "--backends", "dense,warp"], "unknown backend")
+
+
+def test_bench_writes_table(run_dir):
+    result = CliRunner().invoke(cli, ["bench", str(run_dir), "--no-check", "--sparsities", "90",
+                                      "--methods", "unit", "--batch-sizes", "2",
+                                      "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "bench.csv").is_file() and (run_dir / "plots/bench_speedup.png").is_file()
+    assert "| unit" in result.output
+
+
+def test_model_info_and_a_model_file_that_does_not_chain(run_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["compact", str(run_dir), "--method", "unit", "--sparsity", "50", "--out", str(out),
+            "--backend", "dense"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    result = CliRunner().invoke(cli, ["model-info", str(out)])
+    assert result.exit_code == 0 and "[784, 16, 8, 10]" in result.output, result.output
+    spec = json.loads(spec_path(out).read_text())
+    spec["layers"][1]["in"] = 9  # 16 outputs feed a layer that takes 9
+    spec_path(out).write_text(json.dumps(spec))
+    _fails_in_one_line(["model-info", str(out)], "layer 1")
