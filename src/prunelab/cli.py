@@ -16,15 +16,14 @@ import click
 from tabulate import tabulate
 from tqdm import tqdm
 
-from prunelab.compare import compare_runs
-from prunelab.data import DATASETS, load_dataset
-from prunelab.htmlreport import write_html
 from prunelab.bench import check_batch_size, load_warning
 from prunelab.bench_report import plan_lines, read_bench, speedup_table
 from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
+from prunelab.compare import compare_runs
 from prunelab.data import DATASETS, load_dataset
 from prunelab.deploy import EXPORT_BACKENDS, compact_run
 from prunelab.export import load_model
+from prunelab.htmlreport import write_html
 from prunelab.model import MLPConfig
 from prunelab.multireport import write_all
 from prunelab.multirun import (
