@@ -13,31 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tabulate import tabulate
 from tqdm import tqdm
 
-from prunelab.bench import check_batch_size, load_warning
-from prunelab.bench_report import plan_lines, read_bench, speedup_table
-from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
+from prunelab.cli_infer import bench, compact_cmd, model_info
+from prunelab.cliparse import parse_hidden, parse_methods, parse_percents, parse_seeds
 from prunelab.compare import compare_runs
 from prunelab.data import DATASETS, load_dataset
-from prunelab.deploy import EXPORT_BACKENDS, compact_run
-from prunelab.export import load_model
-from prunelab.htmlreport import write_html
 from prunelab.model import MLPConfig
-from prunelab.multireport import write_all
+from prunelab.multireport import write_all, write_run_reports
 from prunelab.multirun import (
     SUMMARY_CSV,
-    check_seeds,
     default_run_dir,
     seed_dirs,
     summarize_run,
     write_summary,
 )
-from prunelab.plots import plot_results
 from prunelab.pruning import METHODS
-from prunelab.report import write_report
-from prunelab.results import RunConfig, load_results, load_run
+from prunelab.results import RunConfig, load_run
 from prunelab.seeds import SeedFailed, SeedJob, default_workers, run_jobs, seed_jobs
 from prunelab.sweep import (
     DEFAULT_SPARSITIES,
@@ -48,15 +40,7 @@ from prunelab.sweep import (
 )
 from prunelab.train import StepInfo, TrainConfig
 
-__all__ = [
-    "cli",
-    "main",
-    "parse_batch_sizes",
-    "parse_hidden",
-    "parse_methods",
-    "parse_percents",
-    "parse_seeds",
-]
+__all__ = ["cli", "main"]
 
 
 class _Group(click.Group):
@@ -70,46 +54,6 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; files already written are intact", err=True)
             sys.exit(130)
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """``"1000,1000,500,200"`` -> (1000, 1000, 500, 200); positive integers only."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--hidden must be comma-separated positive integers, got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
-def parse_percents(text: str) -> tuple[float, ...]:
-    """``"0,25,99"`` (percent) -> (0.0, 0.25, 0.99) (fractions); each in [0, 100]."""
-    values = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            value = float(part)
-        except ValueError:
-            raise ValueError(f"--sparsities takes percents in [0, 100], got {part!r}") from None
-        if not 0 <= value <= 100:
-            raise ValueError(f"--sparsities takes percents in [0, 100], got {part}")
-        values.append(value / 100)
-    return tuple(values)
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"weight,unit"`` or ``"all"`` -> method names (checked by ``SweepConfig``)."""
-    if text.strip() == "all":
-        return tuple(METHODS)
-    return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2); distinct non-negative integers, at least one."""
-    parts = [p.strip() for p in text.split(",")]
-    if not any(parts):
-        raise ValueError("--seeds is empty; give comma-separated seeds such as 0,1,2,3,4")
-    for part in parts:
-        if not part.lstrip("-").isdigit():
-            raise ValueError(f"--seeds takes comma-separated non-negative integers, got {part!r}")
-    return check_seeds(tuple(int(p) for p in parts))
 
 
 def _train_options(f: Callable) -> Callable:
@@ -204,14 +148,8 @@ def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, da
 
 
 def _report(run_dir: Path, seeds: tuple[int, ...] | None = None) -> None:
-    if seed_dirs(run_dir):
-        md, page = write_all(summarize_run(run_dir, seeds), run_dir)
-        click.echo(f"report: {md} and {page}")
-        return
-    results = load_results(run_dir)
-    plot_results(results, run_dir / "plots")
-    md = write_report(results, run_dir)
-    click.echo(f"report: {md} and {write_html(summarize_run(run_dir), run_dir)}")
+    md, page = write_run_reports(run_dir, seeds)
+    click.echo(f"report: {md} and {page}")
 
 
 def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
@@ -321,85 +259,8 @@ def compare(run_dirs, out) -> None:
     click.echo(f"report: {md} and {page}")
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"1,64,1024"`` -> (1, 64, 1024); positive integers only."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.lstrip("-").isdigit() for p in parts):
-        raise ValueError(f"--batch-sizes must be comma-separated positive integers, got {text!r}")
-    sizes = tuple(int(p) for p in parts)
-    return tuple(check_batch_size(b) for b in sizes)
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--methods", default="weight,unit", show_default=True,
-              help=f"Comma-separated, or 'all'. Registered: {', '.join(METHODS)}.")
-@click.option("--sparsities", default="0,50,90,95,99", show_default=True,
-              help="Percent of each hidden layer to prune.")
-@click.option("--batch-sizes", default="1,64,1024,10000", show_default=True)
-@click.option("--backends", default=",".join(NETWORK_BACKENDS), show_default=True,
-              help="Whole-network backends to time (dense is always timed).")
-@click.option("--repeats", type=int, default=BenchConfig.repeats, show_default=True)
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Compare every backend's outputs with the masked network's on the test set.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder holding the datasets (for the output check on the test set).")
-def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, data_dir) -> None:
-    """Time the forward pass of each backend per method, sparsity and batch size."""
-    config = BenchConfig(parse_batch_sizes(batch_sizes),
-                         tuple(b.strip() for b in backends.split(",") if b.strip()),
-                         repeats=repeats)
-    warning = load_warning()
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
-    methods_t, ks = parse_methods(methods), parse_percents(sparsities)
-    with tqdm(total=len(methods_t) * len(ks) * len(config.batch_sizes) * len(config.backends),
-              desc="bench", unit="timing", dynamic_ncols=True) as bar:
-        def on_row(row: dict[str, Any]) -> None:
-            bar.update(1)
-            bar.set_postfix(method=row["method"], k=f"{row['sparsity_pct']:g}",
-                            batch=row["batch_size"], refresh=False)
-
-        path = bench_run_folder(run_dir, methods_t, ks, config, data_dir, check, on_row=on_row)
-    rows = read_bench(run_dir)
-    body, headers = speedup_table(rows, "auto")
-    click.echo("speed-up vs dense, auto backend:")
-    click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
-    click.echo("plans chosen by auto:\n" + "\n".join(plan_lines(rows)))
-    if (Path(run_dir) / "results.json").is_file():
-        _report(run_dir)
-    click.echo(f"latencies in {path}")
-
-
-@cli.command(name="compact")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--method", required=True, help=f"Registered: {', '.join(METHODS)}.")
-@click.option("--sparsity", type=float, required=True, help="Percent to prune, in [0, 100].")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Model file (.safetensors); its layer spec goes beside it as .json.")
-@click.option("--backend", default="auto", show_default=True,
-              help=f"One of {', '.join(EXPORT_BACKENDS)}.")
-@click.option("--batch-size", type=int, default=1024, show_default=True,
-              help="Batch size the auto backend is tuned for.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder holding the datasets (calibration-aware methods only).")
-def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir) -> None:
-    """Prune RUN_DIR's model, compact it into a smaller (or sparse) network, save it."""
-    if not 0 <= sparsity <= 100:
-        raise ValueError(f"--sparsity takes a percent in [0, 100], got {sparsity:g}")
-    k = sparsity / 100
-    done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir)
-    click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
-               f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
-
-
-@cli.command(name="model-info")
-@click.argument("model_file", type=click.Path(path_type=Path))
-def model_info(model_file) -> None:
-    """Layer sizes and backends of a model file written by `prunelab compact`."""
-    net = load_model(model_file)
-    click.echo(f"{model_file}: layer sizes {list(net.sizes)} (input features read of "
-               f"{net.input_size}), backends {list(net.plan)}")
+for _command in (bench, compact_cmd, model_info):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,0 +1,97 @@
+"""Inference commands: latency benchmark, compaction into a model file, model file info.
+
+Registered on the ``prunelab`` group by ``prunelab.cli``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from tabulate import tabulate
+from tqdm import tqdm
+
+from prunelab.bench import load_warning
+from prunelab.bench_report import plan_lines, read_bench, speedup_table
+from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
+from prunelab.cliparse import parse_batch_sizes, parse_methods, parse_percents
+from prunelab.deploy import EXPORT_BACKENDS, compact_run
+from prunelab.export import load_model
+from prunelab.multireport import write_run_reports
+from prunelab.pruning import METHODS
+
+__all__ = ["bench", "compact_cmd", "model_info"]
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--methods", default="weight,unit", show_default=True,
+              help=f"Comma-separated, or 'all'. Registered: {', '.join(METHODS)}.")
+@click.option("--sparsities", default="0,50,90,95,99", show_default=True,
+              help="Percent of each hidden layer to prune.")
+@click.option("--batch-sizes", default="1,64,1024,10000", show_default=True)
+@click.option("--backends", default=",".join(NETWORK_BACKENDS), show_default=True,
+              help="Whole-network backends to time (dense is always timed).")
+@click.option("--repeats", type=int, default=BenchConfig.repeats, show_default=True)
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Compare every backend's outputs with the masked network's on the test set.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the datasets (for the output check on the test set).")
+def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, data_dir) -> None:
+    """Time the forward pass of each backend per method, sparsity and batch size."""
+    config = BenchConfig(parse_batch_sizes(batch_sizes),
+                         tuple(b.strip() for b in backends.split(",") if b.strip()),
+                         repeats=repeats)
+    warning = load_warning()
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    methods_t, ks = parse_methods(methods), parse_percents(sparsities)
+    with tqdm(total=len(methods_t) * len(ks) * len(config.batch_sizes) * len(config.backends),
+              desc="bench", unit="timing", dynamic_ncols=True) as bar:
+        def on_row(row: dict[str, Any]) -> None:
+            bar.update(1)
+            bar.set_postfix(method=row["method"], k=f"{row['sparsity_pct']:g}",
+                            batch=row["batch_size"], refresh=False)
+
+        path = bench_run_folder(run_dir, methods_t, ks, config, data_dir, check, on_row=on_row)
+    rows = read_bench(run_dir)
+    body, headers = speedup_table(rows, "auto")
+    click.echo("speed-up vs dense, auto backend:")
+    click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
+    click.echo("plans chosen by auto:\n" + "\n".join(plan_lines(rows)))
+    if (Path(run_dir) / "results.json").is_file():
+        md, page = write_run_reports(run_dir)
+        click.echo(f"report: {md} and {page}")
+    click.echo(f"latencies in {path}")
+
+
+@click.command(name="compact")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--method", required=True, help=f"Registered: {', '.join(METHODS)}.")
+@click.option("--sparsity", type=float, required=True, help="Percent to prune, in [0, 100].")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Model file (.safetensors); its layer spec goes beside it as .json.")
+@click.option("--backend", default="auto", show_default=True,
+              help=f"One of {', '.join(EXPORT_BACKENDS)}.")
+@click.option("--batch-size", type=int, default=1024, show_default=True,
+              help="Batch size the auto backend is tuned for.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the datasets (calibration-aware methods only).")
+def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir) -> None:
+    """Prune RUN_DIR's model, compact it into a smaller (or sparse) network, save it."""
+    if not 0 <= sparsity <= 100:
+        raise ValueError(f"--sparsity takes a percent in [0, 100], got {sparsity:g}")
+    k = sparsity / 100
+    done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir)
+    click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
+               f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
+
+
+@click.command(name="model-info")
+@click.argument("model_file", type=click.Path(path_type=Path))
+def model_info(model_file) -> None:
+    """Layer sizes and backends of a model file written by `prunelab compact`."""
+    net = load_model(model_file)
+    click.echo(f"{model_file}: layer sizes {list(net.sizes)} (input features read of "
+               f"{net.input_size}), backends {list(net.plan)}")
