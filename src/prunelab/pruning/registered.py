@@ -1,0 +1,53 @@
+"""Registers the baselines and the calibration-aware methods (imported by ``prunelab.pruning``).
+
+Every calibration-aware method reads ``context.calibration`` (N training images), processes the
+layers in network order so each sees the already pruned network's inputs, and never changes the
+model. See each module for the method, the paper it follows and its cost.
+"""
+
+from __future__ import annotations
+
+from prunelab.pruning import PruningMethod, register
+from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
+from prunelab.pruning.obs import sparsegpt_compute
+from prunelab.pruning.patterns import nm_method
+from prunelab.pruning.refit import layer_rule, magnitude_score, refit_compute
+from prunelab.pruning.units import activation_choice, obs_choice, unit_compute
+from prunelab.pruning.wanda import wanda_compute, wanda_scores
+
+__all__: list[str] = []
+
+for _method in (
+    PruningMethod("global-weight", "weight", global_weight,
+                  "one |w| threshold across all pruned layers (overall sparsity k, per-layer "
+                  "sparsities differ)"),
+    PruningMethod("random-weight", "weight", random_weight,
+                  "per layer, round(k * n) weights zeroed at random (sanity floor)"),
+    PruningMethod("global-unit", "unit", global_unit,
+                  "one incoming-L2-norm threshold on units across all pruned layers "
+                  "(overall k of the units)"),
+    PruningMethod("random-unit", "unit", random_unit,
+                  "per layer, round(k * units) units removed at random (sanity floor)"),
+    PruningMethod("wanda", "weight", wanda_compute(),
+                  "Wanda (Sun et al. 2023): per row, zero the lowest |w| * ||x||; no update",
+                  needs_calibration=True),
+    PruningMethod("sparsegpt", "weight", sparsegpt_compute(),
+                  "SparseGPT (Frantar & Alistarh 2023): OBS saliency with sequential weight "
+                  "updates", needs_calibration=True),
+    PruningMethod("refit-magnitude", "weight", refit_compute(magnitude_score, layer_rule),
+                  "per-layer |w| mask, then a least-squares refit of every row to the dense "
+                  "layer's outputs", needs_calibration=True),
+    PruningMethod("refit-wanda", "weight", refit_compute(wanda_scores),
+                  "Wanda's per-row mask, then a least-squares refit of every row",
+                  needs_calibration=True),
+    PruningMethod("unit-act-refit", "unit", unit_compute(activation_choice),
+                  "units with the lowest ||activation|| * ||outgoing weights|| removed; next "
+                  "layer refit by least squares", needs_calibration=True),
+    PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
+                  "units removed greedily by structured OBS, next layer refit by least squares",
+                  needs_calibration=True),
+):
+    register(_method)
+
+for _name in ("magnitude-2:4", "wanda-2:4", "sparsegpt-2:4", "refit-2:4"):
+    register(nm_method(_name))
