@@ -21,6 +21,7 @@ from torch import nn
 from prunelab.pruning import PruneContext
 from prunelab.pruning.calibrated import (
     LayerInputs,
+    chain,
     damped_gram,
     keep_count,
     masked_lstsq,
@@ -31,6 +32,9 @@ from prunelab.pruning.calibrated import (
 from prunelab.pruning.wanda import MaskRule, per_row_rule
 
 __all__ = ["ScoreFn", "layer_rule", "magnitude_score", "refit_compute", "refit_layer", "schedule"]
+
+Allocation = Callable[[nn.Module, list[str], float, PruneContext], dict[str, float]]
+"""(model, names, overall sparsity, context) -> {layer: its sparsity}."""
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(weight (out, in), inputs x (N, in)) -> (out, in) scores; larger is kept."""
@@ -72,13 +76,24 @@ def refit_layer(inp: LayerInputs, sparsity: float, score: ScoreFn, rule: MaskRul
     return w
 
 
-def refit_compute(score: ScoreFn, rule: MaskRule = per_row_rule, steps: int = 1):
-    """A registry ``compute``: ``refit_layer`` on every named layer, in network order."""
+def refit_compute(score: ScoreFn, rule: MaskRule = per_row_rule, steps: int = 1,
+                  allocate: Allocation | None = None, refit_output: bool = False):
+    """A registry ``compute``: ``refit_layer`` on every named layer, in network order.
+
+    ``allocate`` gives each layer its own sparsity (overall k); ``refit_output`` also refits the
+    (unpruned, dense) output layer to the dense network's logits, so the method returns it too.
+    """
 
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
-        return sequential(model, names, context,
-                          lambda inp: refit_layer(inp, sparsity, score, rule, steps))
+        ks = allocate(model, names, sparsity, context) if allocate else dict.fromkeys(names,
+                                                                                      sparsity)
+        todo = list(names)
+        if refit_output and chain(model)[-1][0] not in todo:
+            todo.append(chain(model)[-1][0])
+            ks[todo[-1]] = 0.0
+        return sequential(model, todo, context,
+                          lambda inp: refit_layer(inp, ks[inp.name], score, rule, steps))
 
     return compute
 
