@@ -34,13 +34,24 @@ from prunelab.pruning.calibrated import (
     refit_targets,
 )
 
-__all__ = ["UnitChooser", "activation_choice", "obs_choice", "unit_compute"]
+__all__ = [
+    "UnitAllocation",
+    "UnitChooser",
+    "activation_choice",
+    "obs_allocation",
+    "obs_choice",
+    "obs_path",
+    "unit_compute",
+]
 
 UNIT_DAMPING = 1e-3
 """Gram damping for the next layer's refit (fraction of the mean diagonal)."""
 
 UnitChooser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 """(gram (u, u), rhs (out, u), activations (N, u), keep) -> bool (u,) mask of kept units."""
+
+UnitAllocation = Callable[[nn.Module, list[str], float, PruneContext], dict[str, int]]
+"""(model, names, overall sparsity, context) -> {layer: units kept}."""
 
 
 def activation_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
@@ -50,30 +61,92 @@ def activation_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
     return torch.zeros_like(score, dtype=torch.bool).scatter_(0, score.topk(keep).indices, True)
 
 
+OBS_BATCH = 0.02
+"""Fraction of the remaining units removed per OBS step (at least one): exact multi-unit updates,
+far fewer steps than one unit at a time."""
+
+
+def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int):
+    """Greedy OBS elimination of ``removals`` units: (bool (u,) kept, (removals,) step costs).
+
+    Works on the surviving units only (the matrices shrink as units go); each step removes the
+    ``OBS_BATCH`` share of cheapest units J at once with the exact block update
+    ``V -= V[:, J] K[J, J]^-1 K[J, :]``, ``K -= K[:, J] K[J, J]^-1 K[J, :]`` (K = G^-1).
+    """
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    v = rhs @ inv  # (out, u): the unconstrained least-squares fit
+    ids = torch.arange(len(gram), device=gram.device)  # original index of each surviving unit
+    costs = []
+    while len(costs) < removals:
+        batch = min(removals - len(costs), max(1, int(OBS_BATCH * len(ids))))
+        cost = (v**2).sum(0) / inv.diagonal()
+        drop = cost.topk(batch, largest=False).indices
+        keep = torch.ones(len(ids), dtype=torch.bool, device=gram.device)
+        keep[drop] = False
+        costs += cost[drop].sort().values.tolist()
+        # (b, b) solve against the dropped rows of K: the OBS correction for all of J at once.
+        corr = torch.linalg.solve(inv[drop][:, drop], inv[drop][:, keep])  # (b, kept)
+        v = v[:, keep] - v[:, drop] @ corr
+        inv = inv[keep][:, keep] - inv[keep][:, drop] @ corr
+        ids = ids[keep]
+    alive = torch.zeros(len(gram), dtype=torch.bool, device=gram.device)
+    alive[ids] = True
+    return alive, torch.tensor(costs, dtype=gram.dtype)
+
+
 def obs_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
                keep: int) -> torch.Tensor:
     """Greedy OBS elimination down to ``keep`` units (see the module docstring)."""
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    v = rhs @ inv  # (out, u): the unconstrained least-squares fit
-    alive = torch.ones(len(gram), dtype=torch.bool, device=gram.device)
-    for _ in range(len(gram) - keep):
-        cost = (v**2).sum(0) / inv.diagonal()
-        j = int(torch.where(alive, cost, torch.inf).argmin())
-        pivot = inv[j].clone()
-        v -= v[:, j:j + 1] * (pivot / pivot[j])[None, :]
-        inv -= torch.outer(pivot, pivot) / pivot[j]
-        inv[j, j] = 1.0  # keeps the diagonal positive; j is out of the game
-        v[:, j] = 0.0
-        alive[j] = False
-    return alive
+    return obs_path(gram, rhs, len(gram) - keep)[0]
 
 
-def unit_compute(choose: UnitChooser):
-    """A registry ``compute`` pruning units with ``choose`` and refitting the next layer."""
+def obs_allocation(model: nn.Module, names: list[str], sparsity: float,
+                   context: PruneContext) -> dict[str, int]:
+    """Units kept per layer, ``round(k * all units)`` removed overall (non-uniform).
+
+    On the dense network, each layer's greedy OBS path gives the error each further removal adds,
+    relative to the energy of the next layer's input; removals are spent where that relative
+    error is smallest (one threshold across layers; every layer keeps at least one unit).
+    """
+    layers = chain(model)
+    x = calibration_inputs(model, context)
+    steps, todo = {}, set(names)
+    for i, (name, layer) in enumerate(layers[:-1]):
+        a = forward(layer, layer.weight.detach().double(), x, False)
+        if name in todo:
+            gram = damped_gram(a, UNIT_DAMPING)
+            next_w = layers[i + 1][1].weight.detach().double()
+            rhs = refit_targets(next_w, a, a)
+            energy = float((rhs * next_w).sum())  # ||a @ next_w.T||^2 / N
+            costs = obs_path(gram, rhs, len(gram) - 1)[1] / max(energy, 1e-300)
+            steps[name] = costs.cummax(0).values  # removals happen in order
+            todo.discard(name)
+        if not todo:
+            break
+        x = a
+    flat = torch.cat(list(steps.values()))
+    total = sum(len(c) + 1 for c in steps.values())
+    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    chosen[flat.topk(min(round(sparsity * total), len(flat)), largest=False).indices] = True
+    out, start = {}, 0
+    for name, c in steps.items():
+        out[name] = len(c) + 1 - int(chosen[start:start + len(c)].sum())
+        start += len(c)
+    return out
+
+
+def unit_compute(choose: UnitChooser, allocate: UnitAllocation | None = None):
+    """A registry ``compute`` pruning units with ``choose`` and refitting the next layer.
+
+    ``allocate`` gives each layer its own number of kept units (overall k); default: every layer
+    keeps ``units - round(k * units)``.
+    """
 
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
         layers = chain(model)
+        keeps = allocate(model, names, sparsity, context) if allocate else {
+            n: keep_count(layer.out_features, sparsity) for n, layer in layers}
         current = {n: layer.weight.detach().double() for n, layer in layers}
         x_dense = x_pruned = calibration_inputs(model, context)
         todo, touched = set(names), set()
@@ -85,7 +158,7 @@ def unit_compute(choose: UnitChooser):
                 next_name, next_layer = layers[i + 1]
                 gram = damped_gram(a_pruned, UNIT_DAMPING)
                 rhs = refit_targets(next_layer.weight.detach().double(), a_dense, a_pruned)
-                kept = choose(gram, rhs, a_pruned, keep_count(len(dense_w), sparsity))
+                kept = choose(gram, rhs, a_pruned, keeps[name])
                 current[name] = current[name] * kept[:, None]
                 current[next_name] = masked_lstsq(gram, rhs, kept[None, :].expand_as(rhs))
                 a_pruned = a_pruned * kept[None, :]
