@@ -39,7 +39,7 @@ def pruned(net, context):
 
 def test_weight_methods_hit_sparsity_per_layer(net, pruned):
     uniform = [n for n, m in METHODS.items() if m.granularity == "weight"
-               and not n.startswith("global")]
+               and not n.startswith("global") and not n.endswith("allocated")]
     for name in uniform:
         for layer in LAYERS:
             w = pruned[name][layer]
@@ -59,6 +59,18 @@ def test_global_weight_one_threshold_overall_sparsity(net, pruned):
     assert len(dropped) == round(K * total)
     fractions = {float((w[n] == 0).float().mean()) for n in LAYERS}
     assert len(fractions) > 1  # layers differ
+
+
+def test_allocated_methods_keep_overall_sparsity(net, pruned):
+    w = pruned["refit-allocated"]
+    total = sum(w[n].numel() for n in LAYERS)
+    kept = sum(int((w[n] != 0).sum()) for n in LAYERS)
+    assert total - round(K * total) - 20 <= kept <= total - round(K * total)
+    assert len({round(float((w[n] == 0).float().mean()), 3) for n in LAYERS}) > 1
+    assert int((w["layers.3"] == 0).sum()) == 0  # the output layer is refit, not pruned
+    units = pruned["unit-obs-allocated"]
+    total = sum(len(units[n]) for n in LAYERS)
+    assert sum(int((units[n] == 0).all(1).sum()) for n in LAYERS) == round(K * total)
 
 
 def test_unit_methods_remove_units_per_layer(pruned):

@@ -27,6 +27,7 @@ __all__ = [
     "masked_lstsq",
     "refit_targets",
     "sequential",
+    "spd_inverse",
     "topk_mask",
 ]
 
@@ -105,6 +106,12 @@ def sequential(model: nn.Module, names: list[str], context: PruneContext,
         x_dense = forward(layer, dense, x_dense, False)
         x_pruned = forward(layer, new, x_pruned, False)
     return out
+
+
+def spd_inverse(gram: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite matrix through its Cholesky factor."""
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    return torch.cholesky_solve(eye, torch.linalg.cholesky(gram))
 
 
 def damped_gram(x: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
@@ -190,7 +197,7 @@ def masked_lstsq(gram: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> t
     out = torch.zeros_like(rhs)
     out[direct] = _solve_on(gram, rhs[direct], mask[direct])
     if not direct.all():
-        inv = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+        inv = spd_inverse(gram)
         free = rhs[~direct] @ inv  # the unconstrained optimum of those rows
         # Zeroing the removed set P: w = free - lam K[P,:], with K[P,P] lam = free[P].
         lam = _solve_on(inv, free, ~mask[~direct])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunelab.pruning import PruneContext
-from prunelab.pruning.calibrated import LayerInputs, damped_gram, sequential
+from prunelab.pruning.calibrated import LayerInputs, damped_gram, sequential, spd_inverse
 from prunelab.pruning.nm import nm_mask
 
 __all__ = ["BLOCK", "sparsegpt_compute", "sparsegpt_layer"]
@@ -25,7 +25,7 @@ BLOCK = 128
 
 def _inverse_factor(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H^-1: row i holds the OBS update for column i."""
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    inv = spd_inverse(h)
     return torch.linalg.cholesky(inv, upper=True)
 
 

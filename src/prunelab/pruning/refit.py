@@ -53,12 +53,18 @@ def layer_rule(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return topk_mask(scores, keep_count(scores.numel(), sparsity), per_row=False)
 
 
+GRADUAL_START = 0.75
+"""First sparsity of a multi-step schedule: one-shot refits are near lossless up to here, and
+solves of size min(kept, removed) stay small from here on."""
+
+
 def schedule(sparsity: float, steps: int) -> list[float]:
-    """``steps`` sparsities ending at ``sparsity``, the kept fraction shrinking geometrically."""
-    density = 1.0 - sparsity
-    if steps <= 1 or density <= 0:
+    """``steps`` sparsities ending at ``sparsity``: ``GRADUAL_START`` (when below ``sparsity``),
+    then the kept fraction shrinking geometrically."""
+    if steps <= 1 or sparsity <= GRADUAL_START:
         return [sparsity]
-    return [1.0 - density ** (t / steps) for t in range(1, steps + 1)]
+    first, last = 1.0 - GRADUAL_START, 1.0 - sparsity
+    return [1.0 - first * (last / first) ** (t / (steps - 1)) for t in range(steps)]
 
 
 def refit_layer(inp: LayerInputs, sparsity: float, score: ScoreFn, rule: MaskRule,

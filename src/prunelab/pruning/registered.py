@@ -8,11 +8,12 @@ model. See each module for the method, the paper it follows and its cost.
 from __future__ import annotations
 
 from prunelab.pruning import PruningMethod, register
+from prunelab.pruning.allocation import energy_allocation
 from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
 from prunelab.pruning.obs import sparsegpt_compute
 from prunelab.pruning.patterns import nm_method
 from prunelab.pruning.refit import layer_rule, magnitude_score, refit_compute
-from prunelab.pruning.units import activation_choice, obs_choice, unit_compute
+from prunelab.pruning.units import activation_choice, obs_allocation, obs_choice, unit_compute
 from prunelab.pruning.wanda import wanda_compute, wanda_scores
 
 __all__: list[str] = []
@@ -40,12 +41,26 @@ for _method in (
     PruningMethod("refit-wanda", "weight", refit_compute(wanda_scores),
                   "Wanda's per-row mask, then a least-squares refit of every row",
                   needs_calibration=True),
+    PruningMethod("refit-gradual", "weight",
+                  refit_compute(wanda_scores, layer_rule, steps=3, refit_output=True),
+                  "per-layer |w| * ||x|| mask reached in 3 steps (75 % first), least-squares "
+                  "refit after each; output layer refit to the dense logits",
+                  needs_calibration=True),
+    PruningMethod("refit-allocated", "weight",
+                  refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
+                                refit_output=True),
+                  "per-layer sparsities from the relative output energy (overall k), "
+                  "|w| * ||x|| mask, least-squares refit; output layer refit",
+                  needs_calibration=True),
     PruningMethod("unit-act-refit", "unit", unit_compute(activation_choice),
                   "units with the lowest ||activation|| * ||outgoing weights|| removed; next "
                   "layer refit by least squares", needs_calibration=True),
     PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
                   "units removed greedily by structured OBS, next layer refit by least squares",
                   needs_calibration=True),
+    PruningMethod("unit-obs-allocated", "unit", unit_compute(obs_choice, obs_allocation),
+                  "unit-obs with per-layer unit counts from the OBS error curves (k of all "
+                  "hidden units overall)", needs_calibration=True),
 ):
     register(_method)
 

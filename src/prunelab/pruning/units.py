@@ -32,6 +32,7 @@ from prunelab.pruning.calibrated import (
     keep_count,
     masked_lstsq,
     refit_targets,
+    spd_inverse,
 )
 
 __all__ = [
@@ -61,7 +62,7 @@ def activation_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
     return torch.zeros_like(score, dtype=torch.bool).scatter_(0, score.topk(keep).indices, True)
 
 
-OBS_BATCH = 0.02
+OBS_BATCH = 0.05
 """Fraction of the remaining units removed per OBS step (at least one): exact multi-unit updates,
 far fewer steps than one unit at a time."""
 
@@ -73,7 +74,7 @@ def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int):
     ``OBS_BATCH`` share of cheapest units J at once with the exact block update
     ``V -= V[:, J] K[J, J]^-1 K[J, :]``, ``K -= K[:, J] K[J, J]^-1 K[J, :]`` (K = G^-1).
     """
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    inv = spd_inverse(gram)
     v = rhs @ inv  # (out, u): the unconstrained least-squares fit
     ids = torch.arange(len(gram), device=gram.device)  # original index of each surviving unit
     costs = []
@@ -83,12 +84,14 @@ def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int):
         drop = cost.topk(batch, largest=False).indices
         keep = torch.ones(len(ids), dtype=torch.bool, device=gram.device)
         keep[drop] = False
+        keep = keep.nonzero().squeeze(1)
         costs += cost[drop].sort().values.tolist()
+        rows = inv.index_select(0, drop)  # (b, a)
         # (b, b) solve against the dropped rows of K: the OBS correction for all of J at once.
-        corr = torch.linalg.solve(inv[drop][:, drop], inv[drop][:, keep])  # (b, kept)
-        v = v[:, keep] - v[:, drop] @ corr
-        inv = inv[keep][:, keep] - inv[keep][:, drop] @ corr
-        ids = ids[keep]
+        corr = torch.linalg.solve(rows.index_select(1, drop), rows.index_select(1, keep))
+        v = v.index_select(1, keep) - v.index_select(1, drop) @ corr
+        inv = inv.index_select(0, keep).index_select(1, keep) - rows.index_select(1, keep).T @ corr
+        ids = ids.index_select(0, keep)
     alive = torch.zeros(len(gram), dtype=torch.bool, device=gram.device)
     alive[ids] = True
     return alive, torch.tensor(costs, dtype=gram.dtype)
