@@ -31,7 +31,15 @@ from prunelab.pruning.calibrated import (
 )
 from prunelab.pruning.wanda import MaskRule, per_row_rule
 
-__all__ = ["ScoreFn", "layer_rule", "magnitude_score", "refit_compute", "refit_layer", "schedule"]
+__all__ = [
+    "ScoreFn",
+    "layer_rule",
+    "magnitude_score",
+    "refit_compute",
+    "refit_layer",
+    "schedule",
+    "sqrt_activation_score",
+]
 
 Allocation = Callable[[nn.Module, list[str], float, PruneContext], dict[str, float]]
 """(model, names, overall sparsity, context) -> {layer: its sparsity}."""
@@ -46,6 +54,11 @@ REFIT_DAMPING = 1e-3
 def magnitude_score(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``|W|``, ignoring the data (the original method's score)."""
     return weight.double().abs()
+
+
+def sqrt_activation_score(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``|W| * sqrt(||x_j||)``: between magnitude and Wanda; measured best for gradual refits."""
+    return weight.double().abs() * x.double().norm(dim=0).sqrt()[None, :]
 
 
 def layer_rule(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -12,7 +12,12 @@ from prunelab.pruning.allocation import energy_allocation
 from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
 from prunelab.pruning.obs import sparsegpt_compute
 from prunelab.pruning.patterns import nm_method
-from prunelab.pruning.refit import layer_rule, magnitude_score, refit_compute
+from prunelab.pruning.refit import (
+    layer_rule,
+    magnitude_score,
+    refit_compute,
+    sqrt_activation_score,
+)
 from prunelab.pruning.units import activation_choice, obs_allocation, obs_choice, unit_compute
 from prunelab.pruning.wanda import wanda_compute, wanda_scores
 
@@ -42,8 +47,8 @@ for _method in (
                   "Wanda's per-row mask, then a least-squares refit of every row",
                   needs_calibration=True),
     PruningMethod("refit-gradual", "weight",
-                  refit_compute(wanda_scores, layer_rule, steps=3, refit_output=True),
-                  "per-layer |w| * ||x|| mask reached in 3 steps (75 % first), least-squares "
+                  refit_compute(sqrt_activation_score, layer_rule, steps=3, refit_output=True),
+                  "per-layer |w| * sqrt(||x||) mask reached in 3 steps (75 % first), least-squares "
                   "refit after each; output layer refit to the dense logits",
                   needs_calibration=True),
     PruningMethod("refit-allocated", "weight",
