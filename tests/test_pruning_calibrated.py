@@ -15,6 +15,15 @@ LAYERS = ("layers.0", "layers.1", "layers.2")
 K = 0.75
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: torch's thread pool only adds overhead on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def net():
     return build_mlp(MLPConfig(input_size=24, hidden=(20, 16, 12), num_classes=4),
