@@ -62,7 +62,7 @@ def activation_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
     return torch.zeros_like(score, dtype=torch.bool).scatter_(0, score.topk(keep).indices, True)
 
 
-OBS_BATCH = 0.05
+OBS_BATCH = 0.02
 """Fraction of the remaining units removed per OBS step (at least one): exact multi-unit updates,
 far fewer steps than one unit at a time."""
 
