@@ -83,7 +83,7 @@ def test_allocated_methods_keep_overall_sparsity(net, pruned):
 
 
 def test_unit_methods_remove_units_per_layer(pruned):
-    for name in ("random-unit", "unit-act-refit", "unit-obs"):
+    for name in ("random-unit", "unit-act-refit", "unit-obs", "unit-obs-selected"):
         for layer in LAYERS:
             w = pruned[name][layer]
             dead_rows = int((w == 0).all(1).sum())
@@ -206,3 +206,17 @@ def test_bad_calibration_is_rejected(net):
         prune(net, "refit-wanda", 0.5, context=PruneContext(torch.zeros(10, 7)))
     with pytest.raises(ValueError, match=r"\(N, 24\)"):
         prune(net, "unit-obs", 0.5, context=PruneContext(torch.zeros(0, 24)))
+
+
+def test_best_of_keeps_the_most_faithful_candidate(net, context):
+    from prunelab.pruning.select import agreement, best_of
+
+    def dense(model, names, sparsity, ctx):
+        return {n: dict(model.named_modules())[n].weight.clone() for n in names}
+
+    def zeros(model, names, sparsity, ctx):
+        return {n: torch.zeros_like(w) for n, w in dense(model, names, sparsity, ctx).items()}
+
+    chosen = best_of({"zeros": zeros, "dense": dense})(net, list(LAYERS), 0.5, context)
+    assert all(torch.equal(chosen[n], dict(net.named_modules())[n].weight) for n in LAYERS)
+    assert agreement(net, net, context.calibration) == 1.0

@@ -18,7 +18,14 @@ from prunelab.pruning.refit import (
     refit_compute,
     sqrt_activation_score,
 )
-from prunelab.pruning.units import activation_choice, obs_allocation, obs_choice, unit_compute
+from prunelab.pruning.select import best_of
+from prunelab.pruning.units import (
+    activation_choice,
+    obs_allocation,
+    obs_choice,
+    obs_chooser,
+    unit_compute,
+)
 from prunelab.pruning.wanda import wanda_compute, wanda_scores
 
 __all__: list[str] = []
@@ -62,6 +69,12 @@ for _method in (
                   "layer refit by least squares", needs_calibration=True),
     PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
                   "units removed greedily by structured OBS, next layer refit by least squares",
+                  needs_calibration=True),
+    PruningMethod("unit-obs-selected", "unit",
+                  best_of({f"batch {b}": unit_compute(obs_chooser(b))
+                           for b in (0.01, 0.02, 0.03, 0.05)}),
+                  "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
+                  "agreeing most with the dense predictions on the calibration images",
                   needs_calibration=True),
     PruningMethod("unit-obs-allocated", "unit", unit_compute(obs_choice, obs_allocation),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "

@@ -41,6 +41,7 @@ __all__ = [
     "activation_choice",
     "obs_allocation",
     "obs_choice",
+    "obs_chooser",
     "obs_path",
     "unit_compute",
 ]
@@ -67,11 +68,12 @@ OBS_BATCH = 0.02
 far fewer steps than one unit at a time."""
 
 
-def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int):
+def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int,
+             batch_share: float = OBS_BATCH):
     """Greedy OBS elimination of ``removals`` units: (bool (u,) kept, (removals,) step costs).
 
     Works on the surviving units only (the matrices shrink as units go); each step removes the
-    ``OBS_BATCH`` share of cheapest units J at once with the exact block update
+    ``batch_share`` of cheapest units J at once with the exact block update
     ``V -= V[:, J] K[J, J]^-1 K[J, :]``, ``K -= K[:, J] K[J, J]^-1 K[J, :]`` (K = G^-1).
     """
     inv = spd_inverse(gram)
@@ -79,7 +81,7 @@ def obs_path(gram: torch.Tensor, rhs: torch.Tensor, removals: int):
     ids = torch.arange(len(gram), device=gram.device)  # original index of each surviving unit
     costs = []
     while len(costs) < removals:
-        batch = min(removals - len(costs), max(1, int(OBS_BATCH * len(ids))))
+        batch = min(removals - len(costs), max(1, int(batch_share * len(ids))))
         cost = (v**2).sum(0) / inv.diagonal()
         drop = cost.topk(batch, largest=False).indices
         keep = torch.ones(len(ids), dtype=torch.bool, device=gram.device)
@@ -101,6 +103,11 @@ def obs_choice(gram: torch.Tensor, rhs: torch.Tensor, acts: torch.Tensor,
                keep: int) -> torch.Tensor:
     """Greedy OBS elimination down to ``keep`` units (see the module docstring)."""
     return obs_path(gram, rhs, len(gram) - keep)[0]
+
+
+def obs_chooser(batch_share: float) -> UnitChooser:
+    """``obs_choice`` removing ``batch_share`` of the remaining units per step."""
+    return lambda gram, rhs, acts, keep: obs_path(gram, rhs, len(gram) - keep, batch_share)[0]
 
 
 def obs_allocation(model: nn.Module, names: list[str], sparsity: float,
