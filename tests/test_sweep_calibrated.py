@@ -50,9 +50,10 @@ def test_calibration_set_is_training_data_and_seeded(data: Dataset) -> None:
 
 def test_peak_memory_sees_torch_allocations() -> None:
     with PeakMemory(interval=0.001) as peak:
-        x = torch.ones(32 * 2**20 // 4)  # 32 MiB, alive when the block ends
+        # 256 MiB, more than earlier tests can have freed (reused pages do not grow the RSS).
+        x = torch.ones(256 * 2**20 // 4)
         x += 1
-    assert peak.rss_bytes >= 16 * 2**20
+    assert peak.rss_bytes >= 128 * 2**20
     del x
     with pytest.raises(ValueError, match="interval"):
         PeakMemory(interval=0)
