@@ -44,6 +44,7 @@ RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
 RESULT_COLUMNS = (
     "method", "granularity", "sparsity_pct", "accuracy", "loss", "zero_fraction",
     "effective_sparsity", "params_remaining", "params_total", "macs_per_sample", "seconds",
+    "peak_memory_mb",
 )
 
 

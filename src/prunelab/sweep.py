@@ -18,8 +18,16 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset, test_set_fingerprint
 from prunelab.evaluate import evaluate
+from prunelab.memory import PeakMemory
 from prunelab.model import build_mlp
-from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
+from prunelab.pruning import (
+    METHODS,
+    PruneContext,
+    apply_weights,
+    check_sparsity,
+    lookup,
+    prune,
+)
 from prunelab.results import (
     Results,
     Run,
@@ -39,6 +47,7 @@ __all__ = [
     "SweepConfig",
     "calibration_set",
     "ensure_trained",
+    "method_sparsities",
     "resolve_device",
     "run_sweep",
     "sweep",
@@ -66,9 +75,8 @@ class SweepConfig:
             raise ValueError("no pruning methods given")
         if not sparsities:
             raise ValueError("no sparsities given")
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown pruning method(s) {unknown}; choose from {sorted(METHODS)}")
+        for m in methods:
+            lookup(m)  # raises for unknown names; builds N:M variants like wanda-1:4
         for name, values in (("method", methods), ("sparsity", sparsities)):
             if len(set(values)) != len(values):
                 raise ValueError(f"repeated {name} in {list(values)}")
@@ -100,6 +108,12 @@ def calibration_set(data: Dataset, size: int, seed: int) -> torch.Tensor:
     return data.train_x[idx]
 
 
+def method_sparsities(method: str, config: SweepConfig) -> tuple[float, ...]:
+    """The sweep's sparsities, or the method's only one (N:M patterns run once)."""
+    fixed = METHODS[method].fixed_sparsity
+    return config.sparsities if fixed is None else (fixed,)
+
+
 def sweep(
     model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0
 ) -> Iterator[dict[str, Any]]:
@@ -111,9 +125,10 @@ def sweep(
         generator=torch.Generator().manual_seed(seed),
     )
     for method in config.methods:
-        for sparsity in config.sparsities:
+        for sparsity in method_sparsities(method, config):
             start = time.perf_counter()
-            pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+            with PeakMemory(device=data.test_x.device) as peak:
+                pruned = apply_weights(model, prune(model, method, sparsity, context=context))
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
             stats = measure_sparsity(pruned)
@@ -130,6 +145,7 @@ def sweep(
                 "params_total": stats.params_total,
                 "macs_per_sample": stats.macs_per_sample,
                 "seconds": seconds,
+                "peak_memory_mb": max(peak.rss_bytes, peak.cuda_bytes) / 2**20,
                 "layers": [asdict(layer) for layer in stats.layers],
             }
 
@@ -162,7 +178,7 @@ def _rows_to_keep(run_dir: Path, run_config: RunConfig, config: SweepConfig) -> 
         return []
     if earlier.meta.get("run") != run_config.to_dict():
         return []  # results of another model: stale
-    redo = {(m, round(s * 100, 6)) for m in config.methods for s in config.sparsities}
+    redo = {(m, round(s * 100, 6)) for m in config.methods for s in method_sparsities(m, config)}
     return [r for r in earlier.rows if (r["method"], r["sparsity_pct"]) not in redo]
 
 

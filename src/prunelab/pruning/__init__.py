@@ -31,6 +31,7 @@ __all__ = [
     "PruningMethod",
     "apply_weights",
     "check_sparsity",
+    "lookup",
     "prunable_layers",
     "prune",
     "register",
@@ -66,6 +67,8 @@ class PruningMethod:
     """One line for reports and ``--help``."""
     needs_calibration: bool = False
     """Whether ``context.calibration`` must be given."""
+    fixed_sparsity: float | None = None
+    """The only sparsity the method produces (N:M patterns: 1 - N/M); None when any k works."""
 
 
 METHODS: dict[str, PruningMethod] = {}
@@ -124,10 +127,11 @@ def prune(
     context: PruneContext | None = None,
 ) -> dict[str, torch.Tensor]:
     """New weights for ``layers`` (default: every Linear but the last) pruned by ``method``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
-    spec = METHODS[method]
+    spec = lookup(method)
     sparsity = check_sparsity(sparsity)
+    if spec.fixed_sparsity is not None and abs(sparsity - spec.fixed_sparsity) > 1e-9:
+        raise ValueError(f"method {method!r} has the fixed sparsity {spec.fixed_sparsity:g}, "
+                         f"got {sparsity:g}")
     context = context or PruneContext()
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
@@ -151,3 +155,20 @@ def apply_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modu
                 raise ValueError(f"cannot apply a {tuple(w.shape)} weight to layer {name!r}")
             target.weight.copy_(w)
     return pruned
+
+
+def lookup(name: str) -> PruningMethod:
+    """The registered method ``name``; ``<base>-N:M`` names of N:M-capable bases are built
+    (and registered) on first use, so any valid pattern works, e.g. ``wanda-1:4``."""
+    if name in METHODS:
+        return METHODS[name]
+    from prunelab.pruning.patterns import nm_method  # noqa: PLC0415 (imports the methods)
+
+    method = nm_method(name)
+    if method is None:
+        raise ValueError(f"unknown pruning method {name!r}; choose from {sorted(METHODS)}")
+    return register(method)
+
+
+# Calibration-aware methods and baselines (their modules import this one, hence at the end).
+from prunelab.pruning import registered as _registered  # noqa: E402, F401

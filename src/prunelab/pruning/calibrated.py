@@ -1,0 +1,205 @@
+"""Shared machinery of the calibration-aware methods: activations, Gram matrices, masked refits.
+
+Calibration-aware methods treat the model as a chain of ``nn.Linear`` layers applied in order with
+ReLU between them (``prunelab.model.MLP``). They process layers in order, so each layer sees the
+inputs the *already pruned* network gives it (``x_pruned``) next to the dense network's inputs
+(``x_dense``). Linear algebra runs in float64; Gram matrices are damped so that dead (all-zero)
+inputs never make a system singular.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.model import linear_layers
+from prunelab.pruning import PruneContext
+
+__all__ = [
+    "DAMPING",
+    "LayerInputs",
+    "chain",
+    "damped_gram",
+    "keep_count",
+    "masked_lstsq",
+    "refit_targets",
+    "sequential",
+    "spd_inverse",
+    "topk_mask",
+]
+
+DAMPING = 0.01
+"""Ridge added to Gram matrices, as a fraction of their mean diagonal (SparseGPT's ``percdamp``)."""
+
+_CHUNK_ROWS = 64  # rows solved together: <= 64 x 500 x 500 float64 (128 MiB) for 1000 inputs
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """One layer's weight and the calibration inputs it receives."""
+
+    name: str
+    """Qualified module name."""
+    weight: torch.Tensor
+    """Current weight (out, in), float64: dense, or already refit by an earlier step."""
+    dense_weight: torch.Tensor
+    """The model's own weight (out, in), float64."""
+    x_dense: torch.Tensor
+    """(N, in) inputs in the dense network."""
+    x_pruned: torch.Tensor
+    """(N, in) inputs in the network pruned so far."""
+
+
+def chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The model's Linear layers, checked to form an MLP chain (each feeds the next)."""
+    layers = linear_layers(model)
+    for (a, la), (b, lb) in zip(layers[:-1], layers[1:], strict=True):
+        if la.out_features != lb.in_features:
+            raise ValueError(f"calibration-aware methods need an MLP chain; {a} gives "
+                             f"{la.out_features} features but {b} takes {lb.in_features}")
+    return layers
+
+
+def calibration_inputs(model: nn.Module, context: PruneContext) -> torch.Tensor:
+    """``context.calibration`` as (N, in) float64, checked against the first layer."""
+    x = context.calibration
+    if x is None:
+        raise ValueError("this method needs calibration data (PruneContext.calibration)")
+    first = chain(model)[0][1]
+    x = x.reshape(len(x), -1) if x.dim() > 2 else x
+    if x.dim() != 2 or x.shape[1] != first.in_features or len(x) == 0:
+        raise ValueError(f"calibration data must be (N, {first.in_features}) with N > 0, "
+                         f"got {tuple(context.calibration.shape)}")
+    return x.to(first.weight.device, torch.float64)
+
+
+def forward(layer: nn.Linear, weight: torch.Tensor, x: torch.Tensor, last: bool) -> torch.Tensor:
+    """The layer's output (ReLU unless ``last``) for ``weight``, in float64."""
+    z = x @ weight.T  # (N, in) @ (in, out)
+    if layer.bias is not None:
+        z = z + layer.bias.detach().double()
+    return z if last else torch.relu(z)
+
+
+StepFn = Callable[[LayerInputs], torch.Tensor]
+
+
+def sequential(model: nn.Module, names: list[str], context: PruneContext,
+               step: StepFn) -> dict[str, torch.Tensor]:
+    """Prune ``names`` in network order with ``step``, feeding each the pruned network's inputs."""
+    layers = chain(model)
+    x_dense = x_pruned = calibration_inputs(model, context)
+    out: dict[str, torch.Tensor] = {}
+    todo = set(names)
+    for name, layer in layers:
+        dense = layer.weight.detach().double()
+        new = dense
+        if name in names:
+            new = step(LayerInputs(name, dense, dense, x_dense, x_pruned))
+            out[name] = new.to(layer.weight.dtype)
+            todo.discard(name)
+        if not todo:
+            break
+        x_dense = forward(layer, dense, x_dense, False)
+        x_pruned = forward(layer, new, x_pruned, False)
+    return out
+
+
+def spd_inverse(gram: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite matrix through its Cholesky factor."""
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    return torch.cholesky_solve(eye, torch.linalg.cholesky(gram))
+
+
+def damped_gram(x: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """(in, in) float64 ``x.T @ x / N`` plus ``damping`` x its mean diagonal (never singular)."""
+    x = x.double()
+    g = x.T @ x / len(x)
+    ridge = damping * float(g.diagonal().mean()) + 1e-10
+    g.diagonal().add_(ridge)
+    return g
+
+
+def refit_targets(weight: torch.Tensor, x_dense: torch.Tensor,
+                  x_pruned: torch.Tensor) -> torch.Tensor:
+    """Right-hand sides B (out, in) of ``G w = b``: fit ``x_pruned @ w`` to ``x_dense @ weight``."""
+    cross = x_dense.double().T @ x_pruned.double() / len(x_dense)  # (in, in)
+    return weight.double() @ cross
+
+
+def keep_count(n: int, sparsity: float) -> int:
+    """Entries kept out of ``n`` at ``sparsity``: ``n - round(sparsity * n)``."""
+    return n - round(sparsity * n)
+
+
+def topk_mask(scores: torch.Tensor, keep: int, per_row: bool = True) -> torch.Tensor:
+    """Bool mask keeping the ``keep`` largest scores of each row (or of the whole matrix)."""
+    flat = scores if per_row else scores.reshape(1, -1)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if keep > 0:
+        mask.scatter_(1, flat.topk(keep, dim=1).indices, True)
+    return mask.reshape(scores.shape)
+
+
+def _padded_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the indices where ``mask`` is True, padded: (rows, width) indices and validity."""
+    counts = mask.sum(1)
+    width = max(int(counts.max()), 1)
+    order = mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def _solve_chunk(g: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``_solve_on`` for rows of similar support size (padded to the largest)."""
+    idx, valid = _padded_indices(mask)
+    eye = torch.eye(idx.shape[1], dtype=g.dtype, device=g.device)
+    both = valid[:, :, None] & valid[:, None, :]
+    # Padding becomes an identity block with zero right-hand side, so it solves to 0.
+    sub = torch.where(both, g[idx[:, :, None], idx[:, None, :]], eye)
+    b = torch.where(valid, rhs.gather(1, idx), 0.0)
+    chol, info = torch.linalg.cholesky_ex(sub)
+    x = torch.cholesky_solve(b[:, :, None], chol)[:, :, 0] if not info.any() \
+        else torch.linalg.solve(sub, b)
+    return torch.zeros_like(rhs).scatter_(1, idx, torch.where(valid, x, 0.0))
+
+
+def _solve_on(g: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row r: x with ``x[S] = g[S,S]^-1 rhs[r,S]`` (S = mask[r]) and 0 elsewhere."""
+    out = torch.zeros_like(rhs)
+    order = mask.sum(1).argsort()  # rows of similar support size share a chunk: little padding
+    for start in range(0, len(order), _CHUNK_ROWS):
+        rows = order[start:start + _CHUNK_ROWS]
+        if mask[rows].any():
+            out[rows] = _solve_chunk(g, rhs[rows], mask[rows])
+    return out
+
+
+def masked_lstsq(gram: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row r: argmin_w ``w G w^T / 2 - rhs[r] w^T`` with w zero outside ``mask[r]``.
+
+    With ``G = X.T X`` and ``rhs = Y.T X`` this is the least-squares fit of each row's outputs
+    from the kept inputs. Each row costs a solve of size min(kept, removed): small supports are
+    solved directly, small removed sets through the inverse of G (the OBS form).
+    """
+    gram, rhs = gram.double(), rhs.double()
+    if bool((mask == mask[:1]).all()):  # one support for all rows (unit pruning): one solve
+        keep = mask[0]
+        out = torch.zeros_like(rhs)
+        sub = gram[keep][:, keep]
+        out[:, keep] = torch.linalg.solve(sub, rhs[:, keep].T).T if keep.any() else 0.0
+        return out
+    kept = mask.sum(1)
+    direct = kept <= mask.shape[1] - kept
+    out = torch.zeros_like(rhs)
+    out[direct] = _solve_on(gram, rhs[direct], mask[direct])
+    if not direct.all():
+        inv = spd_inverse(gram)
+        free = rhs[~direct] @ inv  # the unconstrained optimum of those rows
+        # Zeroing the removed set P: w = free - lam K[P,:], with K[P,P] lam = free[P].
+        lam = _solve_on(inv, free, ~mask[~direct])
+        out[~direct] = torch.where(mask[~direct], free - lam @ inv, 0.0)
+    return out

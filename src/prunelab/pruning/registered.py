@@ -1,0 +1,86 @@
+"""Registers the baselines and the calibration-aware methods (imported by ``prunelab.pruning``).
+
+Every calibration-aware method reads ``context.calibration`` (N training images), processes the
+layers in network order so each sees the already pruned network's inputs, and never changes the
+model. See each module for the method, the paper it follows and its cost.
+"""
+
+from __future__ import annotations
+
+from prunelab.pruning import PruningMethod, register
+from prunelab.pruning.allocation import energy_allocation
+from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
+from prunelab.pruning.obs import sparsegpt_compute
+from prunelab.pruning.patterns import nm_method
+from prunelab.pruning.refit import (
+    layer_rule,
+    magnitude_score,
+    refit_compute,
+    sqrt_activation_score,
+)
+from prunelab.pruning.select import best_of
+from prunelab.pruning.units import (
+    activation_choice,
+    obs_allocation,
+    obs_choice,
+    obs_chooser,
+    unit_compute,
+)
+from prunelab.pruning.wanda import wanda_compute, wanda_scores
+
+__all__: list[str] = []
+
+for _method in (
+    PruningMethod("global-weight", "weight", global_weight,
+                  "one |w| threshold across all pruned layers (overall sparsity k, per-layer "
+                  "sparsities differ)"),
+    PruningMethod("random-weight", "weight", random_weight,
+                  "per layer, round(k * n) weights zeroed at random (sanity floor)"),
+    PruningMethod("global-unit", "unit", global_unit,
+                  "one incoming-L2-norm threshold on units across all pruned layers "
+                  "(overall k of the units)"),
+    PruningMethod("random-unit", "unit", random_unit,
+                  "per layer, round(k * units) units removed at random (sanity floor)"),
+    PruningMethod("wanda", "weight", wanda_compute(),
+                  "Wanda (Sun et al. 2023): per row, zero the lowest |w| * ||x||; no update",
+                  needs_calibration=True),
+    PruningMethod("sparsegpt", "weight", sparsegpt_compute(),
+                  "SparseGPT (Frantar & Alistarh 2023): OBS saliency with sequential weight "
+                  "updates", needs_calibration=True),
+    PruningMethod("refit-magnitude", "weight", refit_compute(magnitude_score, layer_rule),
+                  "per-layer |w| mask, then a least-squares refit of every row to the dense "
+                  "layer's outputs", needs_calibration=True),
+    PruningMethod("refit-wanda", "weight", refit_compute(wanda_scores),
+                  "Wanda's per-row mask, then a least-squares refit of every row",
+                  needs_calibration=True),
+    PruningMethod("refit-gradual", "weight",
+                  refit_compute(sqrt_activation_score, layer_rule, steps=3, refit_output=True),
+                  "per-layer |w| * sqrt(||x||) mask reached in 3 steps (75 % first), least-squares "
+                  "refit after each; output layer refit to the dense logits",
+                  needs_calibration=True),
+    PruningMethod("refit-allocated", "weight",
+                  refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
+                                refit_output=True),
+                  "per-layer sparsities from the relative output energy (overall k), "
+                  "|w| * ||x|| mask, least-squares refit; output layer refit",
+                  needs_calibration=True),
+    PruningMethod("unit-act-refit", "unit", unit_compute(activation_choice),
+                  "units with the lowest ||activation|| * ||outgoing weights|| removed; next "
+                  "layer refit by least squares", needs_calibration=True),
+    PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
+                  "units removed greedily by structured OBS, next layer refit by least squares",
+                  needs_calibration=True),
+    PruningMethod("unit-obs-selected", "unit",
+                  best_of({f"batch {b}": unit_compute(obs_chooser(b))
+                           for b in (0.01, 0.02, 0.03, 0.05)}),
+                  "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
+                  "agreeing most with the dense predictions on the calibration images",
+                  needs_calibration=True),
+    PruningMethod("unit-obs-allocated", "unit", unit_compute(obs_choice, obs_allocation),
+                  "unit-obs with per-layer unit counts from the OBS error curves (k of all "
+                  "hidden units overall)", needs_calibration=True),
+):
+    register(_method)
+
+for _name in ("magnitude-2:4", "wanda-2:4", "sparsegpt-2:4", "refit-2:4"):
+    register(nm_method(_name))

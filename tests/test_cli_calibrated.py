@@ -1,0 +1,49 @@
+"""Bad calibration / N:M input through the CLI: one-line errors, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunelab.cli import cli
+from prunelab.model import MLPConfig, build_mlp
+from prunelab.results import RunConfig, save_run
+from prunelab.train import TrainConfig
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    config = RunConfig("fashion-mnist", MLPConfig(hidden=(8,)), TrainConfig(epochs=1))
+    save_run(tmp_path / "run", config, build_mlp(config.model, torch.Generator().manual_seed(0)),
+             [])
+    return tmp_path / "run"
+
+
+def _fails_in_one_line(args: list[str], match: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and match in errors[0], result.output
+    assert result.output.rstrip().endswith(errors[0])  # the error is the last word
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--methods", "wanda", "--calibration-size", "0"], "calibration size"),
+    (["--methods", "wanda", "--calibration-size", "-5"], "calibration size"),
+    (["--methods", "wanda-4:4"], "0 < N < M"),
+    (["--methods", "sparsegpt-3:2"], "0 < N < M"),
+])
+def test_bad_sweep_options(run_dir: Path, extra: list[str], match: str) -> None:
+    _fails_in_one_line(["sweep", str(run_dir), *extra], match)
+
+
+@pytest.mark.skipif(not (DATA / "fashion-mnist").is_dir(), reason="no local Fashion-MNIST")
+def test_calibration_larger_than_training_set(run_dir: Path) -> None:
+    _fails_in_one_line(["sweep", str(run_dir), "--methods", "wanda", "--calibration-size",
+                        "60001", "--data-dir", str(DATA), "--sparsities", "50"], "1..60000")

@@ -1,0 +1,59 @@
+"""Sweeps with calibration-aware and N:M methods: peak memory, fixed N:M sparsity, calibration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.data import Dataset
+from prunelab.memory import PeakMemory
+from prunelab.model import MLPConfig, build_mlp
+from prunelab.results import RESULT_COLUMNS
+from prunelab.sweep import SweepConfig, calibration_set, sweep
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: torch's thread pool only adds overhead on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    return Dataset("fashion-mnist", torch.rand(120, 784, generator=g),
+                   torch.randint(0, 10, (120,), generator=g), torch.rand(40, 784, generator=g),
+                   torch.randint(0, 10, (40,), generator=g))
+
+
+def test_sweep_records_memory_and_runs_nm_once(data: Dataset) -> None:
+    net = build_mlp(MLPConfig(hidden=(16, 8)), torch.Generator().manual_seed(0))
+    config = SweepConfig(("refit-gradual", "unit-obs", "wanda-2:4"), (0.5, 0.9), 64)
+    rows = list(sweep(net, data, config, seed=0))
+    assert [(r["method"], r["sparsity_pct"]) for r in rows] == [
+        ("refit-gradual", 50), ("refit-gradual", 90), ("unit-obs", 50), ("unit-obs", 90),
+        ("wanda-2:4", 50)]
+    assert "peak_memory_mb" in RESULT_COLUMNS
+    assert all(r["peak_memory_mb"] >= 0 for r in rows)
+    assert {r["granularity"] for r in rows} == {"weight", "unit", "n:m"}
+
+
+def test_calibration_set_is_training_data_and_seeded(data: Dataset) -> None:
+    a, b = calibration_set(data, 50, 3), calibration_set(data, 50, 3)
+    assert torch.equal(a, b) and a.shape == (50, 784)
+    assert all(any(torch.equal(row, t) for t in data.train_x) for row in a[:5])
+    with pytest.raises(ValueError, match="1..120"):
+        calibration_set(data, 121, 0)
+
+
+def test_peak_memory_sees_torch_allocations() -> None:
+    with PeakMemory(interval=0.001) as peak:
+        # 256 MiB, more than earlier tests can have freed (reused pages do not grow the RSS).
+        x = torch.ones(256 * 2**20 // 4)
+        x += 1
+    assert peak.rss_bytes >= 128 * 2**20
+    del x
+    with pytest.raises(ValueError, match="interval"):
+        PeakMemory(interval=0)
