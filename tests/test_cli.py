@@ -54,6 +54,8 @@ def test_run_end_to_end(trained_run, tiny_data_dir):
     report = (out / "report.md").read_text()
     assert "| k (%)" in report and "## Analysis" in report
     assert "plots/accuracy_vs_sparsity.png" in report
+    cost = report.split("## Cost of pruning")[1].split("## Analysis")[0]
+    assert "| weight " in cost and "| unit " in cost
     assert f"{100 * results.dense['accuracy']:.2f} %" in report
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and 0 <= history[0]["train_accuracy"] <= 1

@@ -69,6 +69,15 @@ class CompactMLP(nn.Module):
         """The backend of each layer."""
         return tuple(layer.backend for layer in self.layers)
 
+    def _run_rows(self, x: torch.Tensor) -> torch.Tensor:
+        # All layers dense: stay batch-major. Transposing the input to feature-major costs as
+        # much as the matmuls of a small compacted net (measured: 5.9x -> 11x vs dense torch at
+        # unit 90 %, batch 1024).
+        h = x.index_select(1, self.input_index) if self._gather else x
+        for layer in self.layers:
+            h = layer.forward_rows(h)  # (batch, features)
+        return h
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         h = (x.index_select(1, self.input_index) if self._gather else x).t().contiguous()
         for layer in self.layers:
@@ -85,6 +94,8 @@ class CompactMLP(nn.Module):
 
             sample = x[0].detach().float().contiguous().numpy()
             return torch.from_numpy(chain_matvec(self._chain, sample)).reshape(1, -1)
+        if all(type(layer) is DenseLayer for layer in self.layers):
+            return self._run_rows(x)
         if self.chunk is None or x.shape[0] <= self.chunk:
             return self._run(x).contiguous()
         return torch.cat([self._run(part) for part in x.split(self.chunk)])

@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -62,6 +63,12 @@ class DenseLayer(nn.Module):
         y = self._matmul(h)
         if self.bias is not None:
             y += self.bias
+        return torch.relu_(y) if self.relu else y
+
+    def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The same layer on batch-major activations: (batch, in) -> (batch, out)."""
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        y = F.linear(h, self.weight, bias)
         return torch.relu_(y) if self.relu else y
 
 

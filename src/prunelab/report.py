@@ -163,6 +163,20 @@ def _history(results: Results) -> list[str]:
     ]
 
 
+def _cost(results: Results) -> list[str]:
+    """Per method: pruning wall time over the sweep and the largest peak memory."""
+    body = []
+    for method, rows in _by_method(results).items():
+        peaks = [r["peak_memory_mb"] for r in rows.values() if r.get("peak_memory_mb") is not None]
+        body.append([method, len(rows), f"{sum(r['seconds'] for r in rows.values()):.2f}",
+                     f"{max(peaks):.1f}" if peaks else "n/a"])
+    headers = ["method", "sparsities", "pruning time, all k (s)", "peak memory (MB)"]
+    return ["## Cost of pruning", "",
+            "Wall time to compute and apply each method's weights (evaluation excluded) and the "
+            "largest rise of memory while pruning, over the sweep.", "",
+            tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+
+
 def _settings_line(settings: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
@@ -212,6 +226,7 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         "",
         *[f"![{name}]({plot_dir}/{name}.png)" for name in PLOTS],
         "",
+        *_cost(results),
         "## Analysis",
         "",
         *analysis(results),
