@@ -6,20 +6,13 @@ report links the same names whether it shows one seed or several.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.axes import Axes
 
-matplotlib.use("Agg")  # headless: files only
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-
-from prunelab.aggregate import Summary  # noqa: E402
-from prunelab.plots import PLOTS  # noqa: E402
-from prunelab.results import atomic_write  # noqa: E402
+from prunelab.aggregate import Summary
+from prunelab.plots import save_charts
 
 __all__ = ["plot_summary"]
 
@@ -51,47 +44,8 @@ def _draw(ax: Axes, summary: Summary, x: str, y: str, scale: float) -> None:
     ax.legend(fontsize=8)
 
 
-def _accuracy_vs_sparsity(ax: Axes, summary: Summary) -> None:
-    _draw(ax, summary, "sparsity_pct", "accuracy", 100)
-    ax.set(xlabel="sparsity k (% pruned per hidden layer)", ylabel="test accuracy (%)",
-           title="Test accuracy vs sparsity")
-
-
-def _loss_vs_sparsity(ax: Axes, summary: Summary) -> None:
-    _draw(ax, summary, "sparsity_pct", "loss", 1)
-    ax.set(xlabel="sparsity k (% pruned per hidden layer)", ylabel="test cross-entropy",
-           title="Test loss vs sparsity", yscale="log")
-
-
-def _accuracy_vs_params(ax: Axes, summary: Summary) -> None:
-    _draw(ax, summary, "params_remaining", "accuracy", 100)
-    ax.set(xlabel="parameters that can still change the output (mean over seeds, log)",
-           ylabel="test accuracy (%)", title="Test accuracy vs remaining parameters",
-           xscale="log")
-
-
-_DRAWERS: dict[str, Callable[[Axes, Summary], None]] = {
-    "accuracy_vs_sparsity": _accuracy_vs_sparsity,
-    "loss_vs_sparsity": _loss_vs_sparsity,
-    "accuracy_vs_params": _accuracy_vs_params,
-}
-
-
 def plot_summary(summary: Summary, out_dir: Path) -> list[Path]:
     """Write every chart of ``PLOTS`` with confidence bands as PNG and SVG; returns the paths."""
     if not summary.rows:
         raise ValueError("no summary rows to plot")
-    written = []
-    for name in PLOTS:
-        fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-        try:
-            _DRAWERS[name](ax, summary)
-            for fmt in ("png", "svg"):
-                buf = io.BytesIO()
-                fig.savefig(buf, format=fmt, dpi=120)
-                path = Path(out_dir) / f"{name}.{fmt}"
-                atomic_write(path, buf.getvalue())
-                written.append(path)
-        finally:
-            plt.close(fig)
-    return written
+    return save_charts(lambda ax, c: _draw(ax, summary, c.x, c.y, c.scale), Path(out_dir))
