@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from prunelab import data as data_mod
 from prunelab.data import DataFile, DatasetSpec
@@ -51,6 +52,15 @@ def make_dataset_dir(root: Path, name: str, n_train: int = 512, n_test: int = 12
         raw = path.read_bytes()
         files.append(DataFile(fname, hashlib.md5(raw).hexdigest(), hashlib.sha256(raw).hexdigest()))
     return DatasetSpec(name, ("file:///nonexistent-prunelab-mirror/",), *files)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: torch's thread pool only adds overhead on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

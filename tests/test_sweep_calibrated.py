@@ -11,14 +11,7 @@ from prunelab.model import MLPConfig, build_mlp
 from prunelab.results import RESULT_COLUMNS
 from prunelab.sweep import SweepConfig, calibration_set, sweep
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: torch's thread pool only adds overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data() -> Dataset:
