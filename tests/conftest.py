@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from prunelab import data as data_mod
 from prunelab.data import DataFile, DatasetSpec
@@ -52,6 +53,28 @@ def make_dataset_dir(root: Path, name: str, n_train: int = 512, n_test: int = 12
         raw = path.read_bytes()
         files.append(DataFile(fname, hashlib.md5(raw).hexdigest(), hashlib.sha256(raw).hexdigest()))
     return DatasetSpec(name, ("file:///nonexistent-prunelab-mirror/",), *files)
+
+
+def invoke(*args):
+    """Run the ``prunelab`` CLI in-process; arguments may be paths or numbers."""
+    from prunelab.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str, alone: bool = False) -> None:
+    """A non-zero exit whose last line is the one ``Error:`` line, holding every needle.
+
+    ``alone``: nothing else was printed either.
+    """
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    assert not alone or len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,13 @@ import csv
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from prunelab import sweep as sweep_mod
-from prunelab.cli import cli
 from prunelab.results import RESULT_COLUMNS, load_results
 
+from .conftest import assert_one_line_error, invoke
+
 TINY = ["--epochs", "1", "--hidden", "32,16", "--batch-size", "64", "--device", "cpu"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error:"), result.output
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture

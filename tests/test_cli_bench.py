@@ -15,6 +15,8 @@ from prunelab.model import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
 from prunelab.results import RunConfig, save_run
 
+from .conftest import assert_one_line_error, invoke
+
 
 @pytest.fixture()
 def run_dir(tmp_path):
@@ -25,11 +27,7 @@ def run_dir(tmp_path):
 
 
 def _fails_in_one_line(args, needle):
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.output
+    assert_one_line_error(invoke(*args), needle, alone=True)
 
 
 def test_compact_writes_a_loadable_model(run_dir, tmp_path):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from prunelab.cli import cli
 from prunelab.model import MLPConfig, build_mlp
 from prunelab.results import RunConfig, save_run
 from prunelab.train import TrainConfig
+
+from .conftest import assert_one_line_error, invoke
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -25,12 +25,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def _fails_in_one_line(args: list[str], match: str) -> None:
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and match in errors[0], result.output
-    assert result.output.rstrip().endswith(errors[0])  # the error is the last word
+    assert_one_line_error(invoke(*args), match)
 
 
 @pytest.mark.parametrize(("extra", "match"), [

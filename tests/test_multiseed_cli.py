@@ -2,22 +2,16 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from prunelab import data as data_mod
-from prunelab.cli import cli
 from prunelab.results import load_results, load_run
 from prunelab.seeds import SeedFailed, run_jobs, seed_jobs
 
-from .conftest import make_dataset_dir
+from .conftest import assert_one_line_error, invoke, make_dataset_dir
 from .seedfakes import write_fake_run
-from .test_cli import TINY, assert_one_line_error
+from .test_cli import TINY
 
 SWEEP = ["--sparsities", "0,50,90"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
