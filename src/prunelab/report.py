@@ -16,7 +16,7 @@ from prunelab.bench_report import bench_section
 from prunelab.plots import PLOTS
 from prunelab.results import Results, atomic_write
 
-__all__ = ["analysis", "render_report", "write_report"]
+__all__ = ["analysis", "bullet_section", "render_report", "write_report"]
 
 REPORT = "report.md"
 
@@ -177,6 +177,11 @@ def _cost(results: Results) -> list[str]:
             tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
 
 
+def bullet_section(title: str, items: dict) -> list[str]:
+    """A ``## title`` section listing ``key: value`` bullets."""
+    return [f"## {title}", "", *[f"- {k}: {v}" for k, v in items.items()], ""]
+
+
 def _settings_line(settings: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
@@ -207,10 +212,7 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         f"- sweep: {_settings_line(results.meta.get('sweep', {}))}",
         "- pruned layers: every Linear layer but the last, each at sparsity k",
         "",
-        "## Environment",
-        "",
-        *[f"- {k}: {v}" for k, v in env.items()],
-        "",
+        *bullet_section("Environment", env),
         *_history(results),
         "## Results",
         "",

@@ -14,6 +14,7 @@ from tabulate import tabulate
 
 from prunelab.aggregate import Summary
 from prunelab.plots import PLOTS
+from prunelab.report import bullet_section
 from prunelab.results import atomic_write
 
 __all__ = [
@@ -157,14 +158,9 @@ def render_summary_report(summary: Summary, plot_dir: str = "plots") -> str:
         "Every figure is the mean over seeds ± the half-width of its 95 % Student-t confidence "
         "interval. Interactive version: [report.html](report.html).",
         "",
-        "## Configuration",
-        "",
-        *[f"- {k}: {v}" for k, v in meta.items() if k not in ("environment",)],
-        "",
-        "## Environment",
-        "",
-        *[f"- {k}: {v}" for k, v in (meta.get("environment") or {}).items()],
-        "",
+        *bullet_section("Configuration",
+                        {k: v for k, v in meta.items() if k != "environment"}),
+        *bullet_section("Environment", meta.get("environment") or {}),
         "## Results",
         "",
         "Test accuracy and loss; *eff. sparsity*: weights that can no longer change the output.",
