@@ -27,6 +27,17 @@ def test_time_calls_medians_per_call():
     assert 0 < fast < slow
 
 
+@pytest.mark.parametrize(("settle", "expected"), [(True, 1 + 2 * 5), (False, 1 + 5)])
+def test_time_calls_settles_each_call_before_timing_it(settle, expected):
+    counts = [0, 0]
+
+    def call(i):
+        counts[i] += 1
+
+    time_calls([lambda: call(0), lambda: call(1)], warmup=1, repeats=5, settle=settle)
+    assert counts == [expected, expected]
+
+
 @pytest.mark.parametrize(("method", "batch"), [("weight", 1), ("unit", 300)])
 def test_auto_plan_is_valid_and_exact(method, batch):
     pruned = apply_weights(_net(), prune(_net(), method, 0.9))

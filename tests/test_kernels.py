@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
-from prunelab.kernels import TILE, csc_arrays, csc_matvec, csr_arrays, csr_matmul
+from prunelab import kernels
+from prunelab.kernels import (
+    CHAIN_TILE, TILE, chain_matmul, csc_arrays, csc_matvec, csr_arrays, csr_matmul,
+    pack_csr_chain,
+)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 2 * TILE + 5])
@@ -41,3 +46,61 @@ def test_single_sample_by_columns_matches_dense(relu):
     if relu:
         expected = np.maximum(expected, 0)
     np.testing.assert_allclose(csc_matvec(*csc_arrays(w), x, 29, relu), expected, atol=1e-5)
+
+
+def _network(rng, sizes, density, bias):
+    layers, biases, weights = [], [], []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        w[rng.random(w.shape) > density] = 0
+        w[1] = 0  # an empty row
+        weights.append(w)
+        layers.append(csr_arrays(w))
+        biases.append(rng.standard_normal(n_out).astype(np.float32) if bias else None)
+    return weights, biases, pack_csr_chain(layers, biases, np.arange(sizes[0]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 5, CHAIN_TILE, CHAIN_TILE + 1, 5 * CHAIN_TILE + 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_whole_network_in_one_call_matches_dense_layers(batch, bias, threads):
+    rng = np.random.default_rng(batch)
+    sizes = (60, 45, 30, 7)
+    weights, biases, packed = _network(rng, sizes, density=0.3, bias=bias)
+    x = rng.random((batch, 90)).astype(np.float32)  # the net reads features 10..69
+    packed = (*packed[:-1], np.arange(10, 70))
+    h = x[:, 10:70]
+    for i, w in enumerate(weights):
+        h = h @ w.T + (biases[i] if bias else 0)
+        if i < len(weights) - 1:
+            h = np.maximum(h, 0)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = chain_matmul(packed, x)
+    finally:
+        numba.set_num_threads(previous)
+    assert got.shape == (batch, 7)
+    np.testing.assert_allclose(got, h, atol=1e-4)
+
+
+def test_whole_network_work_is_split_both_ways(monkeypatch):
+    """Big enough for threads: rows split for one tile, tiles for many (both paths exact)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two threads")
+    called = []
+    for name in ("_chain_rows", "_chain_tiles"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, k=kernel, n=name: (called.append(n), k(*a)))
+    rng = np.random.default_rng(7)
+    weights, _, packed = _network(rng, (300, 400, 10), density=0.9, bias=False)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        for batch in (20, 4 * CHAIN_TILE):
+            x = rng.random((batch, 300)).astype(np.float32)
+            expected = np.maximum(x @ weights[0].T, 0) @ weights[1].T
+            np.testing.assert_allclose(chain_matmul(packed, x), expected, rtol=1e-4, atol=1e-3)
+    finally:
+        numba.set_num_threads(previous)
+    assert called == ["_chain_rows", "_chain_tiles"]

@@ -57,7 +57,7 @@ class CompactMLP(nn.Module):
         self.chunk = chunk
         self._gather = input_index.numel() != input_size or not torch.equal(
             input_index.long(), torch.arange(input_size))
-        self._chain = _single_sample_chain(self.input_index, self.layers)
+        self._chain, self._fused = _numba_chains(self.input_index, self.layers)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -89,11 +89,13 @@ class CompactMLP(nn.Module):
         x = x.flatten(1)
         if x.shape[1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
-        if self._chain is not None and x.shape[0] == 1:
-            from prunelab.kernels import chain_matvec  # loaded already by the numba layers
+        if self._fused is not None:  # every layer csr-numba: one compiled call for all
+            from prunelab.kernels import chain_matmul, chain_matvec  # loaded by the layers
 
-            sample = x[0].detach().float().contiguous().numpy()
-            return torch.from_numpy(chain_matvec(self._chain, sample)).reshape(1, -1)
+            x_np = x.detach().float().contiguous().numpy()
+            if self._chain is not None and x.shape[0] == 1:
+                return torch.from_numpy(chain_matvec(self._chain, x_np[0])).reshape(1, -1)
+            return torch.from_numpy(chain_matmul(self._fused, x_np))
         if all(type(layer) is DenseLayer for layer in self.layers):
             return self._run_rows(x)
         if self.chunk is None or x.shape[0] <= self.chunk:
@@ -101,13 +103,21 @@ class CompactMLP(nn.Module):
         return torch.cat([self._run(part) for part in x.split(self.chunk)])
 
 
-def _single_sample_chain(input_index: torch.Tensor, layers: nn.ModuleList) -> tuple | None:
-    """Packed arrays to run a single sample in one compiled call, when every layer allows."""
-    if not all(isinstance(m, CSRNumbaLayer) and m.bias is None for m in layers):
-        return None
-    from prunelab.kernels import pack_chain
+def _numba_chains(input_index: torch.Tensor,
+                  layers: nn.ModuleList) -> tuple[tuple | None, tuple | None]:
+    """Packed arrays to run the whole network in one compiled call when every layer is
+    ``csr-numba``: (a single sample, by input columns: bias-free layers only; any batch)."""
+    if not all(isinstance(m, CSRNumbaLayer) for m in layers):
+        return None, None
+    from prunelab.kernels import pack_chain, pack_csr_chain
 
-    return pack_chain([m.csc for m in layers], input_index.numpy(), [m.shape[0] for m in layers])
+    index = input_index.numpy()
+    fused = pack_csr_chain([(m.indptr, m.indices, m.data) for m in layers],
+                           [None if m.bias is None else m.bias.flatten().numpy() for m in layers],
+                           index)
+    if any(m.bias is not None for m in layers):
+        return None, fused
+    return pack_chain([m.csc for m in layers], index, [m.shape[0] for m in layers]), fused
 
 
 def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer]) -> None:
