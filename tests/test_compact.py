@@ -48,6 +48,19 @@ def test_outputs_match_with_biases(method):
             assert (compact(pruned, backend)(X) - pruned(X)).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_large_dense_batches_match_with_and_without_fused_linear(monkeypatch, bias, fused):
+    """From FUSED_MIN_BATCH samples, dense layers may run oneDNN's linear with its ReLU."""
+    monkeypatch.setattr(layers_module, "_FUSED_LINEAR", fused and layers_module._FUSED_LINEAR)
+    net = _net(bias=bias)
+    pruned = apply_weights(net, prune(net, "unit", 0.5))
+    x = torch.rand(layers_module.FUSED_MIN_BATCH + 3, 784,
+                   generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (compact(pruned)(x) - pruned(x)).abs().max() <= 1e-4
+
+
 def test_unpruned_model_keeps_its_sizes():
     assert compact(_net()).sizes == (784, *HIDDEN, 10)
 

@@ -35,6 +35,22 @@ __all__ = [
 TORCH_CSR_CHUNK = 1024
 """Samples per ``torch.mm`` call of a torch CSR layer."""
 
+FUSED_MIN_BATCH = 512
+"""From this many samples a dense batch-major layer runs as oneDNN's linear with the ReLU fused
+(where torch has it). Measured, compacted unit-pruned nets at 2 threads: 90 % units 20.7x ->
+21.1x vs dense at batch 1024 and 23.5x -> 26.9x at 10,000; below 512 samples it was slower."""
+
+
+def _has_fused_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                 "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_FUSED_LINEAR = _has_fused_linear()
+
 
 class DenseLayer(nn.Module):
     """``relu(W @ h + b)`` with a dense (out, in) weight."""
@@ -68,6 +84,9 @@ class DenseLayer(nn.Module):
     def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
         """The same layer on batch-major activations: (batch, in) -> (batch, out)."""
         bias = None if self.bias is None else self.bias.reshape(-1)
+        if _FUSED_LINEAR and h.shape[0] >= FUSED_MIN_BATCH and h.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(h.contiguous(), self.weight, bias,
+                                                      "relu" if self.relu else "none", [], "")
         y = F.linear(h, self.weight, bias)
         return torch.relu_(y) if self.relu else y
 
