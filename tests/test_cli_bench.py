@@ -81,3 +81,36 @@ def test_model_info_and_a_model_file_that_does_not_chain(run_dir, tmp_path):
     spec["layers"][1]["in"] = 9  # 16 outputs feed a layer that takes 9
     spec_path(out).write_text(json.dumps(spec))
     _fails_in_one_line(["model-info", str(out)], "layer 1")
+
+
+@pytest.mark.parametrize("method", ["weight", "unit"])
+def test_compact_also_writes_onnx_that_computes_the_same(run_dir, tmp_path, method):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    out, onnx_file = tmp_path / "small.safetensors", tmp_path / "small.onnx"
+    result = CliRunner().invoke(cli, ["compact", str(run_dir), "--method", method, "--sparsity",
+                                      "90", "--out", str(out), "--backend", "csr-numba",
+                                      "--onnx", str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    model = onnx.load(onnx_file)
+    onnx.checker.check_model(model)
+    net = prunelab.load_model(out)
+    x = torch.rand(7, 784)  # another batch size than the one traced: the batch axis is dynamic
+    got = ReferenceEvaluator(model).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - net(x).numpy()).max() <= 1e-4
+    # Only the compacted weights are stored (MatMul may keep them transposed).
+    stored = sorted(sorted(t.dims) for t in model.graph.initializer if len(t.dims) == 2)
+    assert stored == sorted(sorted(layer.shape) for layer in net.layers)
+
+
+def test_onnx_without_the_onnx_package_is_a_one_line_error(run_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    _fails_in_one_line(["compact", str(run_dir), "--method", "unit", "--sparsity", "50", "--out",
+                        str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.onnx")],
+                       "prunelab[onnx]")

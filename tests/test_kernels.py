@@ -8,7 +8,13 @@ import pytest
 
 from prunelab import kernels
 from prunelab.kernels import (
-    CHAIN_TILE, TILE, chain_matmul, csc_arrays, csc_matvec, csr_arrays, csr_matmul,
+    CHAIN_TILE,
+    TILE,
+    chain_matmul,
+    csc_arrays,
+    csc_matvec,
+    csr_arrays,
+    csr_matmul,
     pack_csr_chain,
 )
 

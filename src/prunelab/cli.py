@@ -49,7 +49,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ValueError, TypeError, OSError, SeedFailed) as e:
+        except (ValueError, TypeError, OSError, ImportError, SeedFailed) as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; files already written are intact", err=True)

@@ -78,14 +78,18 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, d
               help="Batch size the auto backend is tuned for.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder holding the datasets (calibration-aware methods only).")
-def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir) -> None:
+@click.option("--onnx", type=click.Path(path_type=Path), default=None,
+              help="Also write the compacted network as ONNX (dense layers) to this file.")
+def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir, onnx) -> None:
     """Prune RUN_DIR's model, compact it into a smaller (or sparse) network, save it."""
     if not 0 <= sparsity <= 100:
         raise ValueError(f"--sparsity takes a percent in [0, 100], got {sparsity:g}")
     k = sparsity / 100
-    done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir)
+    done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir, onnx)
     click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
                f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
+    if done.onnx_path is not None:
+        click.echo(f"saved {done.onnx_path} (ONNX, dense layers, dynamic batch)")
 
 
 @click.command(name="model-info")

@@ -13,7 +13,7 @@ from prunelab.bench import auto_backend, check_batch_size
 from prunelab.bench_run import pruned_from_run
 from prunelab.compact import CompactMLP, compact
 from prunelab.data import load_dataset
-from prunelab.export import save_model
+from prunelab.export import export_onnx, save_model
 from prunelab.layers import check_backend
 from prunelab.pruning import METHODS, check_sparsity
 from prunelab.results import load_run
@@ -36,6 +36,8 @@ class Exported:
     """Its safetensors file."""
     spec_path: Path
     """Its JSON layer spec."""
+    onnx_path: Path | None = None
+    """The ONNX file, when one was asked for."""
 
 
 def _network(pruned, backend: str, batch_size: int) -> CompactMLP:
@@ -47,8 +49,10 @@ def _network(pruned, backend: str, batch_size: int) -> CompactMLP:
 
 
 def compact_run(run_dir: Path, method: str, sparsity: float, out: Path, backend: str = "auto",
-                batch_size: int = 1024, data_dir: Path | None = None) -> Exported:
-    """Prune the model of ``run_dir`` with ``method`` at ``sparsity``, compact it, save it."""
+                batch_size: int = 1024, data_dir: Path | None = None,
+                onnx: Path | None = None) -> Exported:
+    """Prune the model of ``run_dir`` with ``method`` at ``sparsity``, compact it, save it
+    (and with ``onnx`` also as an ONNX file)."""
     if backend not in EXPORT_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(EXPORT_BACKENDS)}")
     check_batch_size(batch_size)
@@ -62,4 +66,6 @@ def compact_run(run_dir: Path, method: str, sparsity: float, out: Path, backend:
     net = _network(pruned, backend, batch_size)
     spec = save_model(net, Path(out))
     log.info("saved %s (sizes %s, plan %s)", out, net.sizes, net.plan)
-    return Exported(net, Path(out), spec)
+    if onnx is not None:
+        export_onnx(net, Path(onnx))
+    return Exported(net, Path(out), spec, None if onnx is None else Path(onnx))

@@ -4,6 +4,8 @@
 the input size, and per layer its (out, in) shape, backend and whether it has a bias. Sparse
 layers are stored as CSR arrays, so a 99 % sparse model file is ~1/50 of the dense one.
 ``load_model`` returns a plain ``torch.nn.Module`` (a ``CompactMLP``) that runs it.
+``export_onnx`` writes the network as ONNX (pixel gather, then MatMul/Gemm and Relu nodes, a
+dynamic batch axis) for runtimes outside Python; sparse layers are stored dense there.
 
 >>> import tempfile, torch
 >>> from pathlib import Path
@@ -19,6 +21,8 @@ layers are stored as CSR arrays, so a 99 % sparse model file is ~1/50 of the den
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import warnings
 from pathlib import Path
@@ -26,12 +30,13 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from prunelab.compact import CompactMLP
 from prunelab.layers import LAYER_BACKENDS, DenseLayer, check_backend
 from prunelab.results import atomic_write
 
-__all__ = ["FORMAT", "load_model", "save_model", "spec_path"]
+__all__ = ["FORMAT", "export_onnx", "load_model", "save_model", "spec_path"]
 
 FORMAT = "prunelab-compact-mlp"
 VERSION = 1
@@ -133,3 +138,51 @@ def load_model(path: Path | str) -> CompactMLP:
                           spec.get("chunk"))
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: does not match its spec ({type(e).__name__}: {e})") from None
+
+
+class _PlainMLP(nn.Module):
+    """``net`` as standard torch ops only (gather, Linear, ReLU): what the ONNX exporter traces."""
+
+    def __init__(self, net: CompactMLP) -> None:
+        super().__init__()
+        self.register_buffer("index", net.input_index.clone())
+        self.gather = net.input_index.numel() != net.input_size or not torch.equal(
+            net.input_index, torch.arange(net.input_size))
+        self.linears = nn.ModuleList()
+        for layer in net.layers:
+            out_f, in_f = layer.shape
+            linear = nn.Linear(in_f, out_f, bias=layer.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(layer.dense_weight())
+                if layer.bias is not None:
+                    linear.bias.copy_(layer.bias.flatten())
+            self.linears.append(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        if self.gather:
+            h = h.index_select(1, self.index)
+        for i, linear in enumerate(self.linears):
+            h = linear(h)
+            if i < len(self.linears) - 1:
+                h = torch.relu(h)
+        return h
+
+
+def export_onnx(net: CompactMLP, path: Path | str, opset: int = 17) -> Path:
+    """Write ``net`` to ``path`` as an ONNX model, input ``input`` (batch, input_size) float32,
+    output ``logits`` (batch, classes); the batch axis is dynamic. Written atomically."""
+    if not isinstance(net, CompactMLP):
+        raise TypeError(f"export_onnx takes a CompactMLP (see prunelab.compact), "
+                        f"got {type(net).__name__}")
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs the onnx package: pip install 'prunelab[onnx]'")
+    plain = _PlainMLP(net).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript-based exporter is "legacy" since torch 2.9
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(plain, (torch.zeros(1, net.input_size),), buf, input_names=["input"],
+                          output_names=["logits"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)

@@ -218,7 +218,8 @@ def csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, h: np.
 
 
 def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                   biases: list[np.ndarray | None], input_index: np.ndarray) -> tuple[np.ndarray, ...]:
+                   biases: list[np.ndarray | None],
+                   input_index: np.ndarray) -> tuple[np.ndarray, ...]:
     """Flat arrays for ``chain_matmul``: each layer's ``csr_arrays`` and bias (``None``: zeros),
     and the input features the first layer reads, in order."""
     nnz = [d.size for _, _, d in layers]
