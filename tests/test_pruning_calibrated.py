@@ -10,6 +10,7 @@ from prunelab.model import MLPConfig, build_mlp
 from prunelab.pruning import METHODS, PruneContext, apply_weights, lookup, prune
 from prunelab.pruning.calibrated import damped_gram, masked_lstsq, refit_targets
 from prunelab.pruning.nm import nm_mask
+from prunelab.pruning.units import relu_refit
 
 LAYERS = ("layers.0", "layers.1", "layers.2")
 K = 0.75
@@ -176,6 +177,31 @@ def test_unit_refit_compensates(net, context):
     refit = (a * kept) @ new["layers.1"].double().T
     plain = (a * kept) @ net.layers[1].weight.double().T
     assert ((refit - target) ** 2).sum() < ((plain - target) ** 2).sum()
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_relu_refit_follows_the_relu_outputs_better(with_bias):
+    g = torch.Generator().manual_seed(5)
+    acts = torch.relu(torch.randn(400, 12, generator=g, dtype=torch.float64))
+    kept = torch.rand(12, generator=g) > 0.5
+    acts = acts * kept
+    target = torch.randn(400, 6, generator=g, dtype=torch.float64)  # half of it negative
+    bias = torch.randn(6, generator=g, dtype=torch.float64) if with_bias else None
+    offset = 0.0 if bias is None else bias
+    gram, mask = damped_gram(acts, 1e-9), kept[None, :].expand(6, 12)
+    plain = masked_lstsq(gram, (target).T @ acts / len(acts), mask)
+
+    def relu_error(v):
+        return float(((torch.relu(acts @ v.T + offset) - torch.relu(target + offset)) ** 2).sum())
+
+    refit = relu_refit(gram, mask, plain, acts, target, rounds=3, bias=bias)
+    assert relu_error(refit) < 0.98 * relu_error(plain)
+    assert (refit[:, ~kept] == 0).all()  # removed units stay removed
+    # Targets all positive: nothing for the ReLU to discard, the plain fit is kept.
+    positive = target.abs() + 1 - offset
+    plain_pos = masked_lstsq(gram, (positive).T @ acts / len(acts), mask)
+    same = relu_refit(gram, mask, plain_pos, acts, positive, rounds=3, bias=bias)
+    assert torch.allclose(same, plain_pos, atol=1e-10)
 
 
 def test_methods_do_not_mutate_and_survive_dead_inputs(net):

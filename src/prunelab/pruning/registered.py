@@ -20,6 +20,7 @@ from prunelab.pruning.refit import (
 )
 from prunelab.pruning.select import best_of
 from prunelab.pruning.units import (
+    UNIT_RELU_ROUNDS,
     activation_choice,
     obs_allocation,
     obs_choice,
@@ -76,9 +77,11 @@ for _method in (
                   "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
                   "agreeing most with the dense predictions on the calibration images",
                   needs_calibration=True),
-    PruningMethod("unit-obs-allocated", "unit", unit_compute(obs_choice, obs_allocation),
+    PruningMethod("unit-obs-allocated", "unit",
+                  unit_compute(obs_choice, obs_allocation, relu_rounds=UNIT_RELU_ROUNDS),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "
-                  "hidden units overall)", needs_calibration=True),
+                  "hidden units overall) and a ReLU-aware refit of the next layer",
+                  needs_calibration=True),
 ):
     register(_method)
 
