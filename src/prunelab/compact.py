@@ -42,7 +42,9 @@ class CompactMLP(nn.Module):
     """A ReLU MLP for inference: gathers its input features, then runs its layers.
 
     ``input_index`` holds the input features read, in order, out of ``input_size``;
-    activations between layers are feature-major (features, batch).
+    activations between layers are feature-major (features, batch). Two plans skip the
+    layer-by-layer loop: all ``dense`` runs batch-major (``F.linear``), and all ``csr-numba``
+    runs the whole network in one compiled call (``prunelab.kernels.chain_matmul``).
     """
 
     def __init__(self, input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer],
