@@ -12,6 +12,13 @@ RUN_DIR, where `prunelab report` then adds an "Inference speed" section).
     python benchmarks/latency.py RUN --methods weight --sparsities 95,99 --batch-sizes 1,64
 
 Run it on an idle machine: the script warns when the load average says otherwise.
+
+On this 2-vCPU VM the whole machine is sometimes slower for tens of seconds, most often right
+after the batch-10,000 measurements: at batch 64 (weight-pruned 95 %) dense went from 2.0 to
+2.6-3.2 ms and the fused sparse kernel from 0.32 to 0.60 ms in the same process, then back
+later (measured by alternating 20 s of batch-10,000 load with timings). Both backends slow
+down, the sparse one more, so small-batch ratios read lower in a full run than with
+`--batch-sizes 64` alone. The round-robin keeps each ratio internally fair; it cannot undo that.
 """
 
 from __future__ import annotations
