@@ -84,7 +84,8 @@ class DenseLayer(nn.Module):
     def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
         """The same layer on batch-major activations: (batch, in) -> (batch, out)."""
         bias = None if self.bias is None else self.bias.reshape(-1)
-        if _FUSED_LINEAR and h.shape[0] >= FUSED_MIN_BATCH and h.dtype == torch.float32:
+        if (_FUSED_LINEAR and h.shape[0] >= FUSED_MIN_BATCH and h.dtype == torch.float32
+                and h.device.type == "cpu"):
             return torch.ops.mkldnn._linear_pointwise(h.contiguous(), self.weight, bias,
                                                       "relu" if self.relu else "none", [], "")
         y = F.linear(h, self.weight, bias)
