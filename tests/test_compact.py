@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -60,6 +63,16 @@ def test_large_dense_batches_match_with_and_without_fused_linear(monkeypatch, bi
                    generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (compact(pruned)(x) - pruned(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", list(LAYER_BACKENDS))
+def test_compacted_networks_copy_and_pickle(backend):
+    pruned = apply_weights(_net(), prune(_net(), "weight", 0.9))
+    small = compact(pruned, backend)
+    with torch.no_grad():
+        expected = small(X)
+        for twin in (copy.deepcopy(small), pickle.loads(pickle.dumps(small))):
+            assert torch.equal(twin(X), expected)
 
 
 def test_unpruned_model_keeps_its_sizes():

@@ -92,6 +92,13 @@ class DenseLayer(nn.Module):
         return torch.relu_(y) if self.relu else y
 
 
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 class CSRTorchLayer(DenseLayer):
     """Like ``DenseLayer`` with the weight in torch's CSR format (int32 indices)."""
 
@@ -102,11 +109,23 @@ class CSRTorchLayer(DenseLayer):
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             csr = self.weight.to_sparse_csr()
-            self.csr = torch.sparse_csr_tensor(
-                csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
-                csr.shape, check_invariants=False)
+        self.csr = _csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
+                               tuple(csr.shape))
         del self.weight  # the CSR copy is all the layer needs
         self._shape = tuple(csr.shape)
+
+    def __getstate__(self) -> dict:
+        # torch cannot copy or pickle a sparse CSR tensor itself: keep its three arrays.
+        state = self.__dict__.copy()
+        csr = state.pop("csr")
+        state["_csr_parts"] = (csr.crow_indices().clone(), csr.col_indices().clone(),
+                               csr.values().clone())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        parts = state.pop("_csr_parts")
+        super().__setstate__(state)
+        self.csr = _csr_tensor(*parts, self._shape)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,7 +152,6 @@ class CSRNumbaLayer(DenseLayer):
         # Imported here: numba takes ~0.4 s to import, which plain `import prunelab` should not pay.
         from prunelab import kernels
 
-        self._kernels = kernels
         self.indptr, self.indices, self.data = kernels.csr_arrays(self.weight.numpy())
         self.csc = kernels.csc_arrays(self.weight.numpy())  # for single samples
         self._shape = tuple(self.weight.shape)
@@ -150,10 +168,12 @@ class CSRNumbaLayer(DenseLayer):
         return torch.from_numpy(w)
 
     def _run(self, h: np.ndarray, relu: bool) -> np.ndarray:
+        from prunelab import kernels  # imported by __init__ already; not kept (pickling)
+
         if h.shape[1] == 1:
-            return self._kernels.csc_matvec(*self.csc, h.reshape(-1), self._shape[0],
-                                            relu).reshape(-1, 1)
-        return self._kernels.csr_matmul(self.indptr, self.indices, self.data, h, relu)
+            return kernels.csc_matvec(*self.csc, h.reshape(-1), self._shape[0],
+                                      relu).reshape(-1, 1)
+        return kernels.csr_matmul(self.indptr, self.indices, self.data, h, relu)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h_np = h.detach().contiguous().numpy()
