@@ -1,10 +1,12 @@
 import csv
 import json
+import os
+import stat
 
 import pytest
 
 from prunelab import sweep as sweep_mod
-from prunelab.results import RESULT_COLUMNS, load_results
+from prunelab.results import RESULT_COLUMNS, atomic_write, load_results
 
 from .conftest import assert_one_line_error, invoke
 
@@ -129,3 +131,14 @@ def test_corrupt_data_is_a_one_line_error(tiny_data_dir, tmp_path):
 def test_no_data_no_network_is_a_one_line_error(tiny_data_dir, tmp_path):
     result = invoke("train", *TINY, "--data-dir", tmp_path / "empty", "--out", tmp_path / "r")
     assert_one_line_error(result, "could not be downloaded", "PRUNELAB_DATA")
+
+
+def test_atomic_write_replaces_and_leaves_ordinary_permissions(tmp_path):
+    target = tmp_path / "sub" / "results.json"
+    atomic_write(target, "first")
+    atomic_write(target, b"second")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["results.json"]  # no temporary left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
