@@ -114,3 +114,4 @@ def test_onnx_without_the_onnx_package_is_a_one_line_error(run_dir, tmp_path, mo
     _fails_in_one_line(["compact", str(run_dir), "--method", "unit", "--sparsity", "50", "--out",
                         str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.onnx")],
                        "prunelab[onnx]")
+    assert not (tmp_path / "m.safetensors").exists()  # refused before any work

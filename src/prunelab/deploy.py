@@ -13,7 +13,7 @@ from prunelab.bench import auto_backend, check_batch_size
 from prunelab.bench_run import pruned_from_run
 from prunelab.compact import CompactMLP, compact
 from prunelab.data import load_dataset
-from prunelab.export import export_onnx, save_model
+from prunelab.export import check_onnx, export_onnx, save_model
 from prunelab.layers import check_backend
 from prunelab.pruning import METHODS, check_sparsity
 from prunelab.results import load_run
@@ -59,6 +59,8 @@ def compact_run(run_dir: Path, method: str, sparsity: float, out: Path, backend:
     sparsity = check_sparsity(sparsity)
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
+    if onnx is not None:
+        check_onnx()  # before any pruning, not after it
     data = None
     if METHODS[method].needs_calibration:
         data = load_dataset(load_run(Path(run_dir)).config.dataset, data_dir)

@@ -36,7 +36,7 @@ from prunelab.compact import CompactMLP
 from prunelab.layers import LAYER_BACKENDS, DenseLayer, check_backend
 from prunelab.results import atomic_write
 
-__all__ = ["FORMAT", "export_onnx", "load_model", "save_model", "spec_path"]
+__all__ = ["FORMAT", "check_onnx", "export_onnx", "load_model", "save_model", "spec_path"]
 
 FORMAT = "prunelab-compact-mlp"
 VERSION = 1
@@ -169,14 +169,20 @@ class _PlainMLP(nn.Module):
         return h
 
 
+def check_onnx() -> None:
+    """An ``ImportError`` naming the fix when the ``onnx`` package (torch's exporter needs it) is
+    missing."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs the onnx package: pip install 'prunelab[onnx]'")
+
+
 def export_onnx(net: CompactMLP, path: Path | str, opset: int = 17) -> Path:
     """Write ``net`` to ``path`` as an ONNX model, input ``input`` (batch, input_size) float32,
     output ``logits`` (batch, classes); the batch axis is dynamic. Written atomically."""
     if not isinstance(net, CompactMLP):
         raise TypeError(f"export_onnx takes a CompactMLP (see prunelab.compact), "
                         f"got {type(net).__name__}")
-    if importlib.util.find_spec("onnx") is None:
-        raise ImportError("ONNX export needs the onnx package: pip install 'prunelab[onnx]'")
+    check_onnx()
     plain = _PlainMLP(net).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter is "legacy" since torch 2.9

@@ -42,7 +42,7 @@ TILE = 256
 CHAIN_TILE = 64
 """Samples per tile in ``chain_matmul``, a compile-time constant. Measured (AVX-512, numba 0.68):
 64 compiles to four 16-lane FMAs per nonzero; 16 and 32 are unrolled into scalar code, 4x
-slower; 128 is no faster and doubles the cache each thread needs."""
+slower; 128 was within 10 % of 64 and doubles the cache each thread needs."""
 
 SERIAL_WORK = 200_000
 """Below this many multiply-adds a call stays on one thread: waking others costs more."""
@@ -240,7 +240,7 @@ def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 def _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
     # Rows r0:r1 of hout (out, CHAIN_TILE) from hin (in, CHAIN_TILE). Four nonzeros per pass
     # update the accumulator once: a quarter of its loads and stores, whose store-to-load
-    # latency otherwise bounds the loop (measured 1.2-1.5x faster).
+    # latency otherwise bounds the loop (measured 1.2-1.6x faster).
     acc = np.empty(CHAIN_TILE, dtype=np.float32)
     for r in range(r0, r1):
         acc[:] = bias[r]
