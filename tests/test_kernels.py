@@ -100,12 +100,14 @@ def test_whole_network_work_is_split_both_ways(monkeypatch):
         monkeypatch.setattr(kernels, name, lambda *a, k=kernel, n=name: (called.append(n), k(*a)))
     rng = np.random.default_rng(7)
     weights, _, packed = _network(rng, (300, 400, 10), density=0.9, bias=False)
+    index = np.arange(319, 19, -1)  # the input gather, split over the threads too
+    packed = (*packed[:-1], index)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
         for batch in (20, 4 * CHAIN_TILE):
-            x = rng.random((batch, 300)).astype(np.float32)
-            expected = np.maximum(x @ weights[0].T, 0) @ weights[1].T
+            x = rng.random((batch, 320)).astype(np.float32)
+            expected = np.maximum(x[:, index] @ weights[0].T, 0) @ weights[1].T
             np.testing.assert_allclose(chain_matmul(packed, x), expected, rtol=1e-4, atol=1e-3)
     finally:
         numba.set_num_threads(previous)

@@ -10,7 +10,9 @@ background pixels, most inputs are zero.
 A whole network of such layers runs in one compiled call, ``chain_matmul``: each thread takes
 tiles of ``CHAIN_TILE`` samples through every layer (its activations never leave its cache and
 no thread waits for another between layers); a batch too small for a tile per thread is split
-over each layer's output rows instead.
+over each layer's output rows instead. Its accumulator is a stack buffer (``_stack_floats``):
+numba's arrays live on the heap, where the compiler must assume they may overlap the
+activations, and reloads and stores the accumulator for every nonzero.
 
 The functions are compiled on first call and cached on disk (``cache=True``); ``warm_up``
 triggers the compilation so that no timed call pays for it.
@@ -44,8 +46,9 @@ TILE = 256
 
 CHAIN_TILE = 64
 """Samples per tile in ``chain_matmul``, a compile-time constant. Measured (AVX-512, numba 0.68):
-64 compiles to four 16-lane FMAs per nonzero; 16 and 32 are unrolled into scalar code, 4x
-slower; 128 was within 10 % of 64 and doubles the cache each thread needs."""
+64 compiles to four 16-lane FMAs per nonzero into four accumulator registers; 32 is unrolled
+into scalar code, 5-7x slower; 128 was within 10 % of 64 at batch 1024, half as fast at batch
+64 (padding), and doubles the cache each thread needs."""
 
 SERIAL_WORK = 200_000
 """Below this many multiply-adds a call stays on one thread: waking others costs more."""
