@@ -19,6 +19,8 @@ after the batch-10,000 measurements: at batch 64 (weight-pruned 95 %) dense went
 later (measured by alternating 20 s of batch-10,000 load with timings). Both backends slow
 down, the sparse one more, so small-batch ratios read lower in a full run than with
 `--batch-sizes 64` alone. The round-robin keeps each ratio internally fair; it cannot undo that.
+Four back-to-back runs of `--methods unit --sparsities 90 --batch-sizes 1024` measured dense at
+25.2, 26.7, 31.4 and 27.9 ms and the compacted net at 1.25-1.39 ms: 19.2x to 23.8x.
 """
 
 from __future__ import annotations
