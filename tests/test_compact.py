@@ -118,6 +118,23 @@ def test_with_plan_converts_between_backends():
         assert (back(X) - pruned(X)).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("plan", [("dense", "csr-numba", "dense", "csr-numba"),
+                                  ("csr-numba", "csr-numba", "csr-numba", "dense")])
+def test_mixed_plans_without_torch_csr_stay_batch_major(monkeypatch, plan, bias):
+    """Dense and numba layers both run on (batch, features) activations: nothing transposes
+    them, and the outputs still match at every batch size (one sample, a part of a tile, more
+    than a tile, and with biases)."""
+    net = _net(bias=bias)
+    pruned = apply_weights(net, prune(net, "weight", 0.9))
+    small = with_plan(compact(pruned), plan)
+    monkeypatch.setattr(CompactMLP, "_run", lambda *a: pytest.fail("went feature-major"))
+    x = torch.rand(150, 784, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for n in (1, 3, 150):
+            assert (small(x[:n]) - pruned(x[:n])).abs().max() <= 1e-4
+
+
 def test_bad_input_is_named():
     with pytest.raises(TypeError, match="prunelab MLP"):
         compact(torch.nn.Linear(3, 2))

@@ -9,29 +9,37 @@ import pytest
 from prunelab import kernels
 from prunelab.kernels import (
     CHAIN_TILE,
-    TILE,
     chain_matmul,
     csc_arrays,
     csc_matvec,
     csr_arrays,
-    csr_matmul,
     pack_csr_chain,
 )
 
 
-@pytest.mark.parametrize("batch", [1, 3, 64, 2 * TILE + 5])
-@pytest.mark.parametrize("relu", [True, False])
-def test_matches_dense_product(batch, relu):
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((37, 50)).astype(np.float32)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3, CHAIN_TILE, 5 * CHAIN_TILE + 5])
+@pytest.mark.parametrize(("relu", "bias"), [(True, False), (False, False), (True, True)])
+def test_one_feature_major_layer_matches_dense_product(batch, relu, bias, threads):
+    """A single layer on (in, batch) activations, as ``CSRNumbaLayer`` runs it."""
+    rng = np.random.default_rng(batch)
+    w = rng.standard_normal((37, 500)).astype(np.float32)
     w[rng.random(w.shape) < 0.8] = 0
     w[3] = 0  # an empty row
-    h = rng.standard_normal((50, batch)).astype(np.float32)
-    expected = w @ h
+    b = rng.standard_normal(37).astype(np.float32) if bias else None
+    h = rng.standard_normal((500, batch)).astype(np.float32)
+    expected = w @ h + (b[:, None] if bias else 0)
     if relu:
         expected = np.maximum(expected, 0)
-    got = csr_matmul(*csr_arrays(w), h, relu=relu)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    packed = pack_csr_chain([csr_arrays(w)], [b], np.arange(500), relu_last=relu)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = chain_matmul(packed, h, by_feature=True)
+    finally:
+        numba.set_num_threads(previous)
+    assert got.shape == (37, batch)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_csr_arrays_of_known_matrix():
@@ -54,7 +62,7 @@ def test_single_sample_by_columns_matches_dense(relu):
     np.testing.assert_allclose(csc_matvec(*csc_arrays(w), x, 29, relu), expected, atol=1e-5)
 
 
-def _network(rng, sizes, density, bias):
+def _network(rng, sizes, density, bias, index=None):
     layers, biases, weights = [], [], []
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         w = rng.standard_normal((n_out, n_in)).astype(np.float32)
@@ -63,7 +71,8 @@ def _network(rng, sizes, density, bias):
         weights.append(w)
         layers.append(csr_arrays(w))
         biases.append(rng.standard_normal(n_out).astype(np.float32) if bias else None)
-    return weights, biases, pack_csr_chain(layers, biases, np.arange(sizes[0]))
+    index = np.arange(sizes[0]) if index is None else index
+    return weights, biases, pack_csr_chain(layers, biases, index)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -72,9 +81,9 @@ def _network(rng, sizes, density, bias):
 def test_whole_network_in_one_call_matches_dense_layers(batch, bias, threads):
     rng = np.random.default_rng(batch)
     sizes = (60, 45, 30, 7)
-    weights, biases, packed = _network(rng, sizes, density=0.3, bias=bias)
+    weights, biases, packed = _network(rng, sizes, density=0.3, bias=bias,
+                                       index=np.arange(10, 70))
     x = rng.random((batch, 90)).astype(np.float32)  # the net reads features 10..69
-    packed = (*packed[:-1], np.arange(10, 70))
     h = x[:, 10:70]
     for i, w in enumerate(weights):
         h = h @ w.T + (biases[i] if bias else 0)
@@ -99,9 +108,8 @@ def test_whole_network_work_is_split_both_ways(monkeypatch):
         kernel = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, k=kernel, n=name: (called.append(n), k(*a)))
     rng = np.random.default_rng(7)
-    weights, _, packed = _network(rng, (300, 400, 10), density=0.9, bias=False)
     index = np.arange(319, 19, -1)  # the input gather, split over the threads too
-    packed = (*packed[:-1], index)
+    weights, _, packed = _network(rng, (300, 400, 10), density=0.9, bias=False, index=index)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:

@@ -49,10 +49,11 @@ samples the tile is faster."""
 class CompactMLP(nn.Module):
     """A ReLU MLP for inference: gathers its input features, then runs its layers.
 
-    ``input_index`` holds the input features read, in order, out of ``input_size``;
-    activations between layers are feature-major (features, batch). Two plans skip the
-    layer-by-layer loop: all ``dense`` runs batch-major (``F.linear``), and all ``csr-numba``
-    runs the whole network in one compiled call (``prunelab.kernels.chain_matmul``).
+    ``input_index`` holds the input features read, in order, out of ``input_size``. All
+    ``csr-numba`` runs the whole network in one compiled call
+    (``prunelab.kernels.chain_matmul``); other plans run layer by layer, batch-major
+    (batch, features) unless a ``csr-torch`` layer needs feature-major activations (features,
+    batch), in chunks of ``chunk`` samples.
     """
 
     def __init__(self, input_size: int, input_index: torch.Tensor, layers: Sequence[DenseLayer],
@@ -80,7 +81,7 @@ class CompactMLP(nn.Module):
         return tuple(layer.backend for layer in self.layers)
 
     def _run_rows(self, x: torch.Tensor) -> torch.Tensor:
-        # All layers dense: stay batch-major. Transposing the input to feature-major costs as
+        # No torch CSR layer: stay batch-major. Transposing the input to feature-major costs as
         # much as the matmuls of a small compacted net (measured: 5.9x -> 11x vs dense torch at
         # unit 90 %, batch 1024).
         h = x.index_select(1, self.input_index) if self._gather else x
@@ -107,7 +108,7 @@ class CompactMLP(nn.Module):
                 return torch.from_numpy(np.stack([chain_matvec(self._chain, row)
                                                   for row in x_np]).reshape(len(x_np), -1))
             return torch.from_numpy(chain_matmul(self._fused, x_np))
-        if all(type(layer) is DenseLayer for layer in self.layers):
+        if all(layer.batch_major for layer in self.layers):
             return self._run_rows(x)
         if self.chunk is None or x.shape[0] <= self.chunk:
             return self._run(x).contiguous()
@@ -125,8 +126,8 @@ def _numba_chains(input_index: torch.Tensor,
     index = input_index.numpy()
     fused = pack_csr_chain([(m.indptr, m.indices, m.data) for m in layers],
                            [None if m.bias is None else m.bias.flatten().numpy() for m in layers],
-                           index)
-    if any(m.bias is not None for m in layers):
+                           index, relu_last=layers[-1].relu)
+    if any(m.bias is not None for m in layers) or layers[-1].relu:
         return None, fused
     return pack_chain([m.csc for m in layers], index, [m.shape[0] for m in layers]), fused
 

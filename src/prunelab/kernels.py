@@ -1,27 +1,28 @@
 """Sparse matrix x dense matrix kernels for weight-pruned layers, compiled with numba.
 
-Activations are kept *feature-major*, ``h`` of shape (in, batch), so each nonzero weight
-``W[r, j]`` does one axpy over a contiguous row ``h[j, :]``. Large batches are cut into tiles
-of ``TILE`` samples that each thread owns (its slice of the activations stays in its L2
-cache); small batches are split over output rows instead. A single sample goes by input
-columns instead (``csc_matvec``), skipping the columns of zero inputs: after a ReLU, and for
-background pixels, most inputs are zero.
+``chain_matmul`` runs a chain of CSR layers (one layer, or a whole network) in one compiled
+call. Each thread takes tiles of ``CHAIN_TILE`` samples through every layer: the tile is kept
+*feature-major*, (features, CHAIN_TILE), so each nonzero weight ``W[r, j]`` does one axpy over
+a contiguous row ``h[j, :]``; its activations never leave the thread's cache and no thread
+waits for another between layers. A batch too small for a tile per thread is split over each
+layer's output rows instead. The accumulator is a stack buffer (``_stack_floats``): numba's
+arrays live on the heap, where the compiler must assume they may overlap the activations, and
+it then reloads and stores the accumulator for every nonzero (measured 1.5x slower).
 
-A whole network of such layers runs in one compiled call, ``chain_matmul``: each thread takes
-tiles of ``CHAIN_TILE`` samples through every layer (its activations never leave its cache and
-no thread waits for another between layers); a batch too small for a tile per thread is split
-over each layer's output rows instead. Its accumulator is a stack buffer (``_stack_floats``):
-numba's arrays live on the heap, where the compiler must assume they may overlap the
-activations, and reloads and stores the accumulator for every nonzero.
+A single sample goes by input columns instead (``csc_matvec``, ``chain_matvec``), skipping
+the columns of zero inputs: after a ReLU, and for background pixels, most inputs are zero.
 
 The functions are compiled on first call and cached on disk (``cache=True``); ``warm_up``
 triggers the compilation so that no timed call pays for it.
 
 >>> import numpy as np
 >>> w = np.array([[0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
->>> indptr, indices, data = csr_arrays(w)
->>> h = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)  # (in=2, batch=2)
->>> csr_matmul(indptr, indices, data, h, relu=False)
+>>> packed = pack_csr_chain([csr_arrays(w)], [None], np.arange(2))
+>>> x = np.array([[1.0, 3.0], [2.0, 4.0]], dtype=np.float32)  # (batch=2, in=2)
+>>> chain_matmul(packed, x)
+array([[6., 1.],
+       [8., 2.]], dtype=float32)
+>>> chain_matmul(packed, x.T, by_feature=True)  # (in, batch) -> (out, batch)
 array([[6., 8.],
        [1., 2.]], dtype=float32)
 """
@@ -37,12 +38,9 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 __all__ = [
-    "CHAIN_TILE", "SERIAL_WORK", "TILE", "chain_matmul", "chain_matvec", "csc_arrays",
-    "csc_matvec", "csr_arrays", "csr_matmul", "pack_chain", "pack_csr_chain", "warm_up",
+    "CHAIN_TILE", "SERIAL_WORK", "chain_matmul", "chain_matvec", "csc_arrays", "csc_matvec",
+    "csr_arrays", "pack_chain", "pack_csr_chain", "warm_up",
 ]
-
-TILE = 256
-"""Samples per batch tile: 1000 features x 256 samples x 4 bytes = 1 MiB, half an L2."""
 
 CHAIN_TILE = 64
 """Samples per tile in ``chain_matmul``, a compile-time constant. Measured (AVX-512, numba 0.68):
@@ -136,98 +134,12 @@ def chain_matvec(packed: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
     return _chain(*packed, x)
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _block(indptr, indices, data, h, out, relu, r0, r1, s, m):  # pragma: no cover - compiled
-    # Rows r0:r1 of out[:, s:s+m] from all of h (in, m); a private acc lets the axpy vectorise.
-    acc = np.empty(m, dtype=np.float32)
-    for r in range(r0, r1):
-        acc[:] = 0.0
-        for p in range(indptr[r], indptr[r + 1]):
-            w = data[p]
-            j = indices[p]
-            for b in range(m):
-                acc[b] += w * h[j, b]
-        for b in range(m):
-            v = acc[b]
-            out[r, s + b] = 0.0 if relu and v < 0.0 else v
-
-
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _dots(indptr, indices, data, x, out, relu, r0, r1):  # pragma: no cover - compiled
-    # One sample: a dot product per row. Four partial sums hide the FP add latency.
-    for r in range(r0, r1):
-        v0 = v1 = v2 = v3 = np.float32(0.0)
-        p, stop = indptr[r], indptr[r + 1]
-        while p + 4 <= stop:
-            v0 += data[p] * x[indices[p]]
-            v1 += data[p + 1] * x[indices[p + 1]]
-            v2 += data[p + 2] * x[indices[p + 2]]
-            v3 += data[p + 3] * x[indices[p + 3]]
-            p += 4
-        while p < stop:
-            v0 += data[p] * x[indices[p]]
-            p += 1
-        v = (v0 + v1) + (v2 + v3)
-        out[r] = 0.0 if relu and v < 0.0 else v
-
-
-@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _by_rows(indptr, indices, data, h, out, relu, chunks):  # pragma: no cover - compiled
-    n_out = indptr.size - 1
-    n = h.shape[1]
-    step = (n_out + chunks - 1) // chunks
-    for c in numba.prange(chunks):
-        r0 = min(c * step, n_out)
-        r1 = min(r0 + step, n_out)
-        if n == 1:
-            _dots(indptr, indices, data, h.reshape(h.shape[0]), out.reshape(out.shape[0]), relu,
-                  r0, r1)
-        else:
-            _block(indptr, indices, data, h, out, relu, r0, r1, 0, n)
-
-
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _serial(indptr, indices, data, h, out, relu):  # pragma: no cover - compiled
-    if h.shape[1] == 1:  # reshape (not h[:, 0]) keeps the contiguous layout known to numba
-        _dots(indptr, indices, data, h.reshape(h.shape[0]), out.reshape(out.shape[0]), relu,
-              0, indptr.size - 1)
-    else:
-        _block(indptr, indices, data, h, out, relu, 0, indptr.size - 1, 0, h.shape[1])
-
-
-@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _by_tiles(indptr, indices, data, h, out, relu, tile):  # pragma: no cover - compiled
-    n = h.shape[1]
-    for t in numba.prange((n + tile - 1) // tile):
-        s = t * tile
-        # Pack the tile: rows of a strided slice alias in the caches (rows 4 KiB apart at 1024).
-        packed = np.ascontiguousarray(h[:, s:min(s + tile, n)])
-        _block(indptr, indices, data, packed, out, relu, 0, indptr.size - 1, s, packed.shape[1])
-
-
-def csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, h: np.ndarray,
-               relu: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """``W @ h`` (then ReLU when ``relu``) for CSR ``W`` (out, in) and feature-major ``h``.
-
-    ``h`` is a C-contiguous float32 (in, batch) array; returns (out, batch).
-    """
-    n = h.shape[1]
-    if out is None:
-        out = np.empty((indptr.size - 1, n), dtype=np.float32)
-    if data.size * n < SERIAL_WORK or numba.get_num_threads() == 1:
-        _serial(indptr, indices, data, h, out, relu)
-    elif n >= 2 * TILE:
-        _by_tiles(indptr, indices, data, h, out, relu, TILE)
-    else:  # too few samples to tile: split the output rows between threads
-        _by_rows(indptr, indices, data, h, out, relu, 4 * numba.get_num_threads())
-    return out
-
-
 def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                   biases: list[np.ndarray | None],
-                   input_index: np.ndarray) -> tuple[np.ndarray, ...]:
+                   biases: list[np.ndarray | None], input_index: np.ndarray,
+                   relu_last: bool = False) -> tuple[np.ndarray, ...]:
     """Flat arrays for ``chain_matmul``: each layer's ``csr_arrays`` and bias (``None``: zeros),
-    and the input features the first layer reads, in order."""
+    the input features the first layer reads, in order, and whether the last layer's output
+    goes through a ReLU too (every other layer's does)."""
     nnz = [d.size for _, _, d in layers]
     starts = np.cumsum(nnz) - nnz
     indptr = np.concatenate([p.astype(np.int64) + s for (p, _, _), s in zip(layers, starts,
@@ -239,7 +151,7 @@ def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     bias_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     return (indptr, np.concatenate([i for _, i, _ in layers]),
             np.concatenate([d for _, _, d in layers]), bias, ptr_off, bias_off, sizes,
-            np.ascontiguousarray(input_index, dtype=np.int64))
+            np.ascontiguousarray(input_index, dtype=np.int64), bool(relu_last))
 
 
 @intrinsic
@@ -273,23 +185,33 @@ def _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma:
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _load_tile(x, s, index, tile, j0, j1):  # pragma: no cover - compiled
-    # Samples s: s+CHAIN_TILE of batch-major x, features index[j0:j1], into rows j0:j1 of the
-    # feature-major tile; the columns past the batch are zeroed.
-    m = min(CHAIN_TILE, x.shape[0] - s)
+def _load_tile(x, by_feature, s, index, tile, j0, j1):  # pragma: no cover - compiled
+    # Samples s: s+CHAIN_TILE of x (batch, features), or (features, batch) when by_feature,
+    # features index[j0:j1], into rows j0:j1 of the feature-major tile; the columns past the
+    # batch are zeroed.
+    m = min(CHAIN_TILE, (x.shape[1] if by_feature else x.shape[0]) - s)
     for j in range(j0, j1):
         f = index[j]
-        for b in range(m):
-            tile[j, b] = x[s + b, f]
+        if by_feature:
+            for b in range(m):
+                tile[j, b] = x[f, s + b]
+        else:
+            for b in range(m):
+                tile[j, b] = x[s + b, f]
         for b in range(m, CHAIN_TILE):
             tile[j, b] = 0.0
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _store_tile(tile, s, out):  # pragma: no cover - compiled
-    for b in range(min(CHAIN_TILE, out.shape[0] - s)):
-        for r in range(out.shape[1]):
-            out[s + b, r] = tile[r, b]
+def _store_tile(tile, s, out, by_feature):  # pragma: no cover - compiled
+    if by_feature:  # out is (outputs, batch)
+        for r in range(out.shape[0]):
+            for b in range(min(CHAIN_TILE, out.shape[1] - s)):
+                out[r, s + b] = tile[r, b]
+    else:
+        for b in range(min(CHAIN_TILE, out.shape[0] - s)):
+            for r in range(out.shape[1]):
+                out[s + b, r] = tile[r, b]
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -299,31 +221,33 @@ def _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer):  # pragma: no co
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, x, out,
-                 work):  # pragma: no cover - compiled
-    n_tiles = (x.shape[0] + CHAIN_TILE - 1) // CHAIN_TILE
+def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, x,
+                 by_feature, out, work):  # pragma: no cover - compiled
+    n = x.shape[1] if by_feature else x.shape[0]
+    n_tiles = (n + CHAIN_TILE - 1) // CHAIN_TILE
     n_threads = work.shape[0]
     n_layers = sizes.size
     for t in numba.prange(n_threads):  # thread t takes tiles t, t + n_threads, ...
         a, b = work[t, 0], work[t, 1]
         for tile in range(t, n_tiles, n_threads):
-            _load_tile(x, tile * CHAIN_TILE, index, a, 0, index.size)
+            _load_tile(x, by_feature, tile * CHAIN_TILE, index, a, 0, index.size)
             for layer in range(n_layers):
                 ptr, bs = _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer)
                 src, dst = (a, b) if layer % 2 == 0 else (b, a)
-                _tile_rows(ptr, indices, data, bs, src, dst, layer < n_layers - 1, 0,
-                           sizes[layer])
-            _store_tile(b if n_layers % 2 == 1 else a, tile * CHAIN_TILE, out)
+                _tile_rows(ptr, indices, data, bs, src, dst,
+                           relu_last or layer < n_layers - 1, 0, sizes[layer])
+            _store_tile(b if n_layers % 2 == 1 else a, tile * CHAIN_TILE, out, by_feature)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, x, out,
-                work, chunks):  # pragma: no cover - compiled
-    # One tile (x.shape[0] <= CHAIN_TILE), each layer's rows split over the threads.
+def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, x,
+                by_feature, out, work, chunks):  # pragma: no cover - compiled
+    # One tile (a batch of at most CHAIN_TILE), each layer's rows split over the threads.
     a, b = work[0, 0], work[0, 1]
     step = (index.size + chunks - 1) // chunks
     for c in numba.prange(chunks):  # the tile's transpose alone would take a tenth of the time
-        _load_tile(x, 0, index, a, min(c * step, index.size), min((c + 1) * step, index.size))
+        _load_tile(x, by_feature, 0, index, a, min(c * step, index.size),
+                   min((c + 1) * step, index.size))
     n_layers = sizes.size
     for layer in range(n_layers):
         ptr, bs = _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer)
@@ -332,9 +256,9 @@ def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, x,
         step = (n_out + chunks - 1) // chunks
         for c in numba.prange(chunks):
             r0 = min(c * step, n_out)
-            _tile_rows(ptr, indices, data, bs, src, dst, layer < n_layers - 1, r0,
+            _tile_rows(ptr, indices, data, bs, src, dst, relu_last or layer < n_layers - 1, r0,
                        min(r0 + step, n_out))
-    _store_tile(b if n_layers % 2 == 1 else a, 0, out)
+    _store_tile(b if n_layers % 2 == 1 else a, 0, out, by_feature)
 
 
 _WORKSPACES: dict[tuple[int, int, int], np.ndarray] = {}
@@ -351,25 +275,27 @@ def _workspace(width: int, threads: int) -> np.ndarray:
     return work
 
 
-def chain_matmul(packed: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
-    """A whole ReLU network (``pack_csr_chain``) on batch-major ``x`` (batch, features), in one
-    compiled call; returns (batch, outputs) float32.
+def chain_matmul(packed: tuple, x: np.ndarray, by_feature: bool = False) -> np.ndarray:
+    """A whole ReLU network (``pack_csr_chain``) on ``x`` in one compiled call: ``x`` is
+    (batch, features) and the result (batch, outputs) float32, or with ``by_feature`` both
+    feature-major, (features, batch) and (outputs, batch).
 
     Tiles of ``CHAIN_TILE`` samples go to the threads in turn; a batch of less than a tile per
     thread is split over each layer's rows. A small job stays on one thread.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     sizes = packed[6]
-    out = np.empty((x.shape[0], int(sizes[-1])), dtype=np.float32)
-    n_tiles = -(-x.shape[0] // CHAIN_TILE)
+    n = x.shape[1] if by_feature else x.shape[0]
+    out = np.empty((int(sizes[-1]), n) if by_feature else (n, int(sizes[-1])), dtype=np.float32)
+    n_tiles = -(-n // CHAIN_TILE)
     if n_tiles == 0:
         return out
-    threads = 1 if packed[2].size * x.shape[0] < SERIAL_WORK else numba.get_num_threads()
+    threads = 1 if packed[2].size * n < SERIAL_WORK else numba.get_num_threads()
     width = max(packed[7].size, int(sizes.max()))
     if 1 < threads and n_tiles < threads:
-        _chain_rows(*packed, x, out, _workspace(width, 1), 2 * threads)
+        _chain_rows(*packed, x, by_feature, out, _workspace(width, 1), 2 * threads)
     else:
-        _chain_tiles(*packed, x, out, _workspace(width, min(threads, n_tiles)))
+        _chain_tiles(*packed, x, by_feature, out, _workspace(width, min(threads, n_tiles)))
     return out
 
 
@@ -377,16 +303,11 @@ def warm_up() -> None:
     """Compile (or load from the cache) every kernel variant."""
     w = np.eye(3, dtype=np.float32)
     arrays = csr_arrays(w)
-    for batch in (1, 64, 2 * TILE):
-        h = np.ones((3, batch), dtype=np.float32)
-        out = np.empty_like(h)
-        _serial(*arrays, h, out, True)
-        _by_rows(*arrays, h, out, True, 2)
-        _by_tiles(*arrays, h, out, True, TILE)
     csc_matvec(*csc_arrays(w), np.ones(3, dtype=np.float32), 3, relu=True)
     chain_matvec(pack_chain([csc_arrays(w)], np.arange(3), [3]), np.ones(3, dtype=np.float32))
     packed = pack_csr_chain([arrays, arrays], [None, None], np.arange(3))
     x = np.ones((1, 3), dtype=np.float32)
     work = _workspace(3, 1)
-    _chain_tiles(*packed, x, np.empty((1, 3), dtype=np.float32), work)
-    _chain_rows(*packed, x, np.empty((1, 3), dtype=np.float32), work, 2)
+    for by_feature in (False, True):
+        _chain_tiles(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work)
+        _chain_rows(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work, 2)

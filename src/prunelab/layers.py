@@ -8,8 +8,8 @@ contiguous rows of ``h`` for each nonzero, and the ReLU is applied in place (or 
 
 - ``dense``: ``torch.mm`` with the (compacted) dense weight;
 - ``csr-torch``: torch CSR with int32 indices, ``torch.mm(W_csr, h)``;
-- ``csr-numba``: prunelab's own numba kernels (``prunelab.kernels``), ReLU fused: CSR by
-  output row for batches, by input column (skipping zero inputs) for a single sample.
+- ``csr-numba``: prunelab's own numba kernels (``prunelab.kernels``), ReLU fused: CSR in
+  tiles of 64 samples for batches, by input column (skipping zero inputs) for a single sample.
 
 >>> import torch
 >>> w = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
@@ -61,6 +61,8 @@ class DenseLayer(nn.Module):
     """``relu(W @ h + b)`` with a dense (out, in) weight."""
 
     backend = "dense"
+    batch_major = True
+    """``forward_rows`` runs natively on (batch, in) activations, without transposing them."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> None:
         super().__init__()
@@ -108,6 +110,7 @@ class CSRTorchLayer(DenseLayer):
     """Like ``DenseLayer`` with the weight in torch's CSR format (int32 indices)."""
 
     backend = "csr-torch"
+    batch_major = False  # torch's CSR product wants the activations feature-major
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> None:
         super().__init__(weight, bias, relu)
@@ -139,6 +142,9 @@ class CSRTorchLayer(DenseLayer):
     def dense_weight(self) -> torch.Tensor:
         return self.csr.to_dense()
 
+    def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
+        return self.forward(h.t().contiguous()).t()
+
     def _matmul(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[1] <= TORCH_CSR_CHUNK:
             return torch.mm(self.csr, h)
@@ -148,7 +154,8 @@ class CSRTorchLayer(DenseLayer):
 
 
 class CSRNumbaLayer(DenseLayer):
-    """Like ``DenseLayer`` with the weight as CSR arrays run by ``prunelab.kernels``."""
+    """Like ``DenseLayer`` with the weight as CSR arrays run by ``prunelab.kernels``: batches
+    by ``chain_matmul`` (bias and ReLU fused), single samples by input columns."""
 
     backend = "csr-numba"
 
@@ -160,6 +167,10 @@ class CSRNumbaLayer(DenseLayer):
         self.indptr, self.indices, self.data = kernels.csr_arrays(self.weight.numpy())
         self.csc = kernels.csc_arrays(self.weight.numpy())  # for single samples
         self._shape = tuple(self.weight.shape)
+        self.chain = kernels.pack_csr_chain(
+            [(self.indptr, self.indices, self.data)],
+            [None if bias is None else self.bias.flatten().numpy()],
+            np.arange(self._shape[1]), relu_last=relu)
         del self.weight
 
     @property
@@ -172,21 +183,32 @@ class CSRNumbaLayer(DenseLayer):
         w[rows, self.indices] = self.data
         return torch.from_numpy(w)
 
-    def _run(self, h: np.ndarray, relu: bool) -> np.ndarray:
+    def _single(self, x: np.ndarray) -> torch.Tensor:
+        # One sample (in,) by input columns; the ReLU goes into the kernel only without a bias.
         from prunelab import kernels  # imported by __init__ already; not kept (pickling)
 
-        if h.shape[1] == 1:
-            return kernels.csc_matvec(*self.csc, h.reshape(-1), self._shape[0],
-                                      relu).reshape(-1, 1)
-        return kernels.csr_matmul(self.indptr, self.indices, self.data, h, relu)
+        fused = self.bias is None
+        y = torch.from_numpy(kernels.csc_matvec(*self.csc, x, self._shape[0], self.relu and fused))
+        if not fused:
+            y += self.bias.flatten()
+            if self.relu:
+                torch.relu_(y)
+        return y
+
+    def _batch(self, h: torch.Tensor, by_feature: bool) -> torch.Tensor:
+        from prunelab import kernels
+
+        return torch.from_numpy(kernels.chain_matmul(self.chain, h.detach().numpy(), by_feature))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h_np = h.detach().contiguous().numpy()
-        if self.bias is None:  # ReLU fused into the kernel
-            return torch.from_numpy(self._run(h_np, self.relu))
-        y = torch.from_numpy(self._run(h_np, False))
-        y += self.bias
-        return torch.relu_(y) if self.relu else y
+        if h.shape[1] == 1:
+            return self._single(h.detach().reshape(-1).numpy()).reshape(-1, 1)
+        return self._batch(h, by_feature=True)
+
+    def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[0] == 1:
+            return self._single(h.detach().reshape(-1).contiguous().numpy()).reshape(1, -1)
+        return self._batch(h, by_feature=False)
 
 
 LAYER_BACKENDS: dict[str, type[DenseLayer]] = {
