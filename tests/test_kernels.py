@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import pytest
@@ -120,3 +122,23 @@ def test_whole_network_work_is_split_both_ways(monkeypatch):
     finally:
         numba.set_num_threads(previous)
     assert called == ["_chain_rows", "_chain_tiles"]
+
+
+def test_concurrent_calls_from_two_threads_do_not_share_scratch():
+    """Each calling thread has its own scratch tiles (the kernels release the GIL)."""
+    rng = np.random.default_rng(11)
+    weights, _, packed = _network(rng, (120, 200, 10), density=0.5, bias=False)
+    xs = [rng.random((3 * CHAIN_TILE + 1, 120)).astype(np.float32) for _ in range(2)]
+    expected = [np.maximum(x @ weights[0].T, 0) @ weights[1].T for x in xs]
+    errors = []
+
+    def run(i):
+        for _ in range(30):
+            errors.append(float(np.abs(chain_matmul(packed, xs[i]) - expected[i]).max()))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 60 and max(errors) < 1e-3
