@@ -125,7 +125,7 @@ def _numba_chains(input_index: torch.Tensor,
     from prunelab.kernels import pack_chain, pack_csr_chain
 
     index = input_index.numpy()
-    fused = pack_csr_chain([(m.indptr, m.indices, m.data) for m in layers],
+    fused = pack_csr_chain([m.csr for m in layers],
                            [None if m.bias is None else m.bias.flatten().numpy() for m in layers],
                            index, relu_last=layers[-1].relu)
     if any(m.bias is not None for m in layers) or layers[-1].relu:

@@ -164,14 +164,19 @@ class CSRNumbaLayer(DenseLayer):
         # Imported here: numba takes ~0.4 s to import, which plain `import prunelab` should not pay.
         from prunelab import kernels
 
-        self.indptr, self.indices, self.data = kernels.csr_arrays(self.weight.numpy())
-        self.csc = kernels.csc_arrays(self.weight.numpy())  # for single samples
         self._shape = tuple(self.weight.shape)
+        # The layer as a one-layer chain (the CSR arrays, bias and ReLU) for batches.
         self.chain = kernels.pack_csr_chain(
-            [(self.indptr, self.indices, self.data)],
+            [kernels.csr_arrays(self.weight.numpy())],
             [None if bias is None else self.bias.flatten().numpy()],
             np.arange(self._shape[1]), relu_last=relu)
+        self.csc = kernels.csc_arrays(self.weight.numpy())  # for single samples
         del self.weight
+
+    @property
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, indices, data) of the weight's nonzeros, by output row."""
+        return self.chain[0], self.chain[1], self.chain[2]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -179,8 +184,8 @@ class CSRNumbaLayer(DenseLayer):
 
     def dense_weight(self) -> torch.Tensor:
         w = np.zeros(self._shape, dtype=np.float32)
-        rows = np.repeat(np.arange(self._shape[0]), np.diff(self.indptr))
-        w[rows, self.indices] = self.data
+        indptr, indices, data = self.csr
+        w[np.repeat(np.arange(self._shape[0]), np.diff(indptr)), indices] = data
         return torch.from_numpy(w)
 
     def _single(self, x: np.ndarray) -> torch.Tensor:
@@ -202,7 +207,7 @@ class CSRNumbaLayer(DenseLayer):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[1] == 1:
-            return self._single(h.detach().reshape(-1).numpy()).reshape(-1, 1)
+            return self._single(h.detach().reshape(-1).contiguous().numpy()).reshape(-1, 1)
         return self._batch(h, by_feature=True)
 
     def forward_rows(self, h: torch.Tensor) -> torch.Tensor:
