@@ -43,6 +43,13 @@ def test_outputs_match_masked_network(method, k, backend):
     assert small.plan == (backend,) * 4
 
 
+@pytest.mark.parametrize("backend", list(LAYER_BACKENDS))
+def test_an_empty_batch_gives_an_empty_output(backend):
+    pruned = apply_weights(_net(), prune(_net(), "weight", 0.9))
+    with torch.no_grad():
+        assert compact(pruned, backend)(torch.rand(0, 784)).shape == (0, 10)
+
+
 @pytest.mark.parametrize("method", ["weight", "unit"])
 def test_outputs_match_with_biases(method):
     net = _net(bias=True)

@@ -105,7 +105,7 @@ class CompactMLP(nn.Module):
             from prunelab.kernels import chain_matmul, chain_matvec  # loaded by the layers
 
             x_np = x.detach().float().contiguous().numpy()
-            if self._chain is not None and x.shape[0] <= BY_SAMPLE_MAX:
+            if self._chain is not None and 0 < x.shape[0] <= BY_SAMPLE_MAX:
                 return torch.from_numpy(np.stack([chain_matvec(self._chain, row)
                                                   for row in x_np]).reshape(len(x_np), -1))
             return torch.from_numpy(chain_matmul(self._fused, x_np))
