@@ -153,6 +153,14 @@ def test_bad_input_is_named():
         compact(_net())(torch.zeros(2, 10))
 
 
+@pytest.mark.parametrize("backend", list(LAYER_BACKENDS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.uint8])
+def test_inputs_other_than_float32_are_refused_by_every_backend(backend, dtype):
+    small = compact(apply_weights(_net(), prune(_net(), "weight", 0.9)), backend)
+    with pytest.raises(TypeError, match="expected float32 inputs"):
+        small(X.to(dtype))
+
+
 def test_layers_that_do_not_chain_are_refused():
     layers = [LAYER_BACKENDS["dense"](torch.ones(4, 3), None, True),
               LAYER_BACKENDS["dense"](torch.ones(2, 5), None, False)]

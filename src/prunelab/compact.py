@@ -101,6 +101,8 @@ class CompactMLP(nn.Module):
         x = x.flatten(1)
         if x.shape[1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
+        if x.dtype != torch.float32:  # as the float32 model it came from; uint8 pixels unscaled
+            raise TypeError(f"expected float32 inputs, got {x.dtype}")
         if self._fused is not None:  # every layer csr-numba: one compiled call for all
             from prunelab.kernels import chain_matmul, chain_matvec  # loaded by the layers
 
