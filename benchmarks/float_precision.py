@@ -40,14 +40,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        print(_table(args))
+    except (ValueError, OSError) as exc:  # bad run folder, method, sparsity or data folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+@torch.no_grad()
+def _table(args: argparse.Namespace) -> str:
+    pcts = [p.strip() for p in args.sparsities.split(",") if p.strip()]
+    for pct in pcts:
+        if not pct.replace(".", "", 1).isdigit() or float(pct) > 100:
+            raise ValueError(f"sparsities are percentages from 0 to 100, got {pct!r}")
     data = load_dataset(load_run(args.run_dir).config.dataset, args.data_dir)
     x = data.test_x.flatten(1)
     rows = []
     for method in args.methods.split(","):
-        for pct in args.sparsities.split(","):
+        for pct in pcts:
             _, pruned = pruned_from_run(args.run_dir, method, float(pct) / 100, data)
             exact = copy.deepcopy(pruned).double()(x.double())
             masked = pruned(x)
@@ -57,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 y = compact(pruned, backend)(x)
                 rows.append([method, pct, backend, "", f"{float((y - masked).abs().max()):.2e}",
                              f"{float((y.double() - exact).abs().max()):.2e}"])
-    print(tabulate(rows, ["method", "k (%)", "network", "max |logit|", "vs masked",
-                          "vs float64"], tablefmt="github"))
-    return 0
+    return tabulate(rows, ["method", "k (%)", "network", "max |logit|", "vs masked",
+                           "vs float64"], tablefmt="github")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,20 @@ def test_an_empty_batch_gives_an_empty_output(backend):
         assert compact(pruned, backend)(torch.rand(0, 784)).shape == (0, 10)
 
 
+@pytest.mark.parametrize("backend", list(LAYER_BACKENDS))
+@pytest.mark.parametrize("batch", [1, 5])
+def test_every_layer_runs_batch_major_like_feature_major(backend, batch):
+    """``forward_rows`` on (batch, in) is ``forward`` on (in, batch), transposed, with a bias."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(7, 12, generator=gen) * (torch.rand(7, 12, generator=gen) < 0.5)
+    layer = LAYER_BACKENDS[backend](w, torch.randn(7, generator=gen), relu=True)
+    h = torch.rand(batch, 12, generator=gen)
+    with torch.no_grad():
+        expected = torch.relu(h @ w.T + layer.bias.flatten())
+        assert (layer.forward_rows(h) - expected).abs().max() <= 1e-5
+        assert (layer(h.T.contiguous()).T - expected).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("method", ["weight", "unit"])
 def test_outputs_match_with_biases(method):
     net = _net(bias=True)

@@ -136,7 +136,7 @@ def chain_matvec(packed: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
 
 def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                    biases: list[np.ndarray | None], input_index: np.ndarray,
-                   relu_last: bool = False) -> tuple[np.ndarray, ...]:
+                   relu_last: bool = False) -> tuple:
     """Flat arrays for ``chain_matmul``: each layer's ``csr_arrays`` and bias (``None``: zeros),
     the input features the first layer reads, in order, and whether the last layer's output
     goes through a ReLU too (every other layer's does)."""
