@@ -21,9 +21,9 @@ from tabulate import tabulate
 from prunelab.data import load_dataset
 from prunelab.evaluate import evaluate
 from prunelab.pruning import PruneContext, apply_weights, lookup, prune
-from prunelab.results import load_run
-from prunelab.sparsity import measure_sparsity
-from prunelab.sweep import DEFAULT_SPARSITIES, calibration_set
+from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.study.runfolder import load_run
+from prunelab.study.sweep import DEFAULT_SPARSITIES, calibration_set
 
 GOALS = {
     "weight": {0.90: 88.7, 0.95: 87.0, 0.97: 82.0, 0.99: 65.0},

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from prunelab.data import load_dataset
-from prunelab.model import MLPConfig
-from prunelab.results import RunConfig, load_run
-from prunelab.sweep import SweepConfig, ensure_trained, run_sweep
+from prunelab.models.mlp import MLPConfig
+from prunelab.study.runfolder import RunConfig, load_run
+from prunelab.study.sweep import SweepConfig, ensure_trained, run_sweep
 from prunelab.train import TrainConfig
 
 

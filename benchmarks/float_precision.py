@@ -1,8 +1,8 @@
 """How far each inference backend is from the masked network, and both from exact arithmetic.
 
 Prunes the trained model of RUN_DIR with each method at each sparsity, runs the test set
-through the masked float32 network, every backend of ``prunelab.compact`` and a float64 copy
-of the masked network, and prints the largest absolute differences: backend vs masked (what
+through the masked float32 network, every backend of ``prunelab.inference.compact`` and a float64
+copy of the masked network, and prints the largest absolute differences: backend vs masked (what
 `benchmarks/latency.py` checks against 1e-4) and each float32 result vs float64.
 
     python benchmarks/float_precision.py /work/runs/fashion-mnist-seed0 --sparsities 0,50
@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from prunelab.bench_run import pruned_from_run
-from prunelab.compact import compact
 from prunelab.data import load_dataset
-from prunelab.layers import LAYER_BACKENDS
-from prunelab.results import load_run
+from prunelab.inference.compact import compact
+from prunelab.inference.layers import LAYER_BACKENDS
+from prunelab.study.runfolder import load_run
+from prunelab.study.speed import pruned_from_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

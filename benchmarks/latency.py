@@ -37,13 +37,13 @@ import numba
 import torch
 from tabulate import tabulate
 
-from prunelab.bench_report import plot_bench
-from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, run_bench
 from prunelab.data import load_dataset
-from prunelab.kernels import warm_up
+from prunelab.inference.kernels import warm_up
 from prunelab.pruning import METHODS
-from prunelab.results import load_run
-from prunelab.sweep import calibration_set
+from prunelab.report.speed import plot_bench
+from prunelab.study.runfolder import load_run
+from prunelab.study.speed import NETWORK_BACKENDS, BenchConfig, run_bench
+from prunelab.study.sweep import calibration_set
 
 # Issue 3's targets: minimum speed-up of the best backend (auto) vs dense, per batch size.
 WEIGHT_TARGETS = {95.0: {1: 5, 64: 6, 1024: 4, 10000: 4}, 99.0: {1: 10, 64: 10, 1024: 8,

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunelab.model import MLPConfig
-from prunelab.results import RunConfig
-from prunelab.seeds import default_workers, run_jobs, seed_jobs
-from prunelab.sweep import SweepConfig
+from prunelab.models.mlp import MLPConfig
+from prunelab.study.runfolder import RunConfig
+from prunelab.study.seeds import default_workers, run_jobs, seed_jobs
+from prunelab.study.sweep import SweepConfig
 from prunelab.train import TrainConfig
 
 

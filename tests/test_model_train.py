@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prunelab.data import load_dataset
-from prunelab.model import MLPConfig, build_mlp, linear_layers
+from prunelab.models.mlp import MLPConfig, build_mlp, linear_layers
 from prunelab.train import TrainConfig, train
 
 

@@ -9,23 +9,27 @@
 
 from prunelab.data import load_dataset
 from prunelab.evaluate import evaluate
-from prunelab.export import load_model, save_model
-from prunelab.model import MLP, MLPConfig, build_mlp
+from prunelab.inference.compact import compact
+from prunelab.inference.export import load_model, save_model
+from prunelab.models import MLP, MODELS, MLPConfig, build_mlp, build_model
 from prunelab.pruning import METHODS, PruneContext, apply_weights, prune
-from prunelab.results import load_results, load_run
-from prunelab.sparsity import measure_sparsity
-from prunelab.sweep import SweepConfig
+from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.study.runfolder import load_results, load_run
+from prunelab.study.sweep import SweepConfig
 from prunelab.train import TrainConfig, train
 
 __all__ = [
     "METHODS",
     "MLP",
     "MLPConfig",
+    "MODELS",
     "PruneContext",
     "SweepConfig",
     "TrainConfig",
     "apply_weights",
     "build_mlp",
+    "build_model",
+    "compact",
     "evaluate",
     "load_dataset",
     "load_model",

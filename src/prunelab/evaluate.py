@@ -20,7 +20,7 @@ def evaluate(
         raise ValueError(f"need as many labels as samples (>0), got {len(x)} and {len(y)}")
     was_training = model.training
     model.eval()
-    # Buffers too: a compacted model (prunelab.compact) keeps its weights as buffers.
+    # Buffers too: a compacted model (prunelab.inference.compact) keeps its weights as buffers.
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
     correct, loss_sum = 0, 0.0

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 import prunelab
 from prunelab.cli import cli
-from prunelab.export import spec_path
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.inference.export import spec_path
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
-from prunelab.results import RunConfig, save_run
+from prunelab.study.runfolder import RunConfig, save_run
 
-from .conftest import assert_one_line_error, invoke
+from ..conftest import assert_one_line_error, invoke
 
 
 @pytest.fixture()

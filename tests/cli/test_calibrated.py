@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab.model import MLPConfig, build_mlp
-from prunelab.results import RunConfig, save_run
+from prunelab.models.mlp import MLPConfig, build_mlp
+from prunelab.study.runfolder import RunConfig, save_run
 from prunelab.train import TrainConfig
 
-from .conftest import assert_one_line_error, invoke
+from ..conftest import assert_one_line_error, invoke
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 

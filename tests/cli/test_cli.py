@@ -5,10 +5,11 @@ import stat
 
 import pytest
 
-from prunelab import sweep as sweep_mod
-from prunelab.results import RESULT_COLUMNS, atomic_write, load_results
+from prunelab.files import atomic_write
+from prunelab.study import sweep as sweep_mod
+from prunelab.study.runfolder import RESULT_COLUMNS, load_results
 
-from .conftest import assert_one_line_error, invoke
+from ..conftest import assert_one_line_error, invoke
 
 TINY = ["--epochs", "1", "--hidden", "32,16", "--batch-size", "64", "--device", "cpu"]
 

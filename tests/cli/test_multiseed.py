@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from prunelab import data as data_mod
-from prunelab.results import load_results, load_run
-from prunelab.seeds import SeedFailed, run_jobs, seed_jobs
+from prunelab.study.runfolder import load_results, load_run
+from prunelab.study.seeds import SeedFailed, run_jobs, seed_jobs
 
-from .conftest import assert_one_line_error, invoke, make_dataset_dir
-from .seedfakes import write_fake_run
+from ..conftest import assert_one_line_error, invoke, make_dataset_dir
+from ..seedfakes import write_fake_run
 from .test_cli import TINY
 
 SWEEP = ["--sparsities", "0,50,90"]
@@ -98,7 +98,7 @@ def test_parallel_worker_error_surfaces_as_one_line(tiny, tmp_path):
 
 
 def test_run_jobs_rejects_bad_workers(tmp_path):
-    from prunelab.results import RunConfig
+    from prunelab.study.runfolder import RunConfig
 
     jobs = seed_jobs(tmp_path, RunConfig(), (0,), None, None, "cpu")
     with pytest.raises(ValueError, match="workers"):

@@ -8,12 +8,12 @@ import pickle
 import pytest
 import torch
 
-from prunelab import layers as layers_module
-from prunelab.compact import CompactMLP, compact, with_plan
-from prunelab.layers import LAYER_BACKENDS
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.inference import layers as layers_module
+from prunelab.inference.compact import CompactMLP, compact, with_plan
+from prunelab.inference.layers import LAYER_BACKENDS
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
-from prunelab.sparsity import measure_sparsity
+from prunelab.pruning.sparsity import measure_sparsity
 
 HIDDEN = (64, 32, 16)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import prunelab
-from prunelab.compact import compact
-from prunelab.export import save_model, spec_path
-from prunelab.layers import LAYER_BACKENDS
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.inference.compact import compact
+from prunelab.inference.export import save_model, spec_path
+from prunelab.inference.layers import LAYER_BACKENDS
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
 
 X = torch.rand(8, 784, generator=torch.Generator().manual_seed(0))

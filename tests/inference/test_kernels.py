@@ -8,8 +8,8 @@ import numba
 import numpy as np
 import pytest
 
-from prunelab import kernels
-from prunelab.kernels import (
+from prunelab.inference import kernels
+from prunelab.inference.kernels import (
     CHAIN_TILE,
     chain_matmul,
     csc_arrays,

@@ -7,12 +7,13 @@ import csv
 import pytest
 import torch
 
-from prunelab.bench import auto_backend, check_batch_size, time_calls
-from prunelab.bench_report import bench_section, read_bench
-from prunelab.bench_run import BENCH_COLUMNS, BenchConfig, bench_pruned, run_bench
-from prunelab.layers import LAYER_BACKENDS
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.inference.layers import LAYER_BACKENDS
+from prunelab.inference.timing import auto_backend, check_batch_size, time_calls
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
+from prunelab.report.speed import bench_section
+from prunelab.study.runfolder import BENCH_COLUMNS, read_bench
+from prunelab.study.speed import BenchConfig, bench_pruned, run_bench
 
 FAST = {"warmup": 1, "repeats": 2, "budget_s": 0.5}
 

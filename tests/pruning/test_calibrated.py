@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import METHODS, PruneContext, apply_weights, lookup, prune
 from prunelab.pruning.calibrated import damped_gram, masked_lstsq, refit_targets
 from prunelab.pruning.nm import nm_mask

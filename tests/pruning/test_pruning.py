@@ -4,7 +4,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from prunelab.model import MLPConfig, build_mlp, linear_layers
+from prunelab.models.mlp import MLPConfig, build_mlp, linear_layers
 from prunelab.pruning import METHODS, apply_weights, prunable_layers, prune
 from prunelab.pruning.magnitude import percentile, unit_mask, weight_mask
 

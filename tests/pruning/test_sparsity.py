@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.model import MLPConfig, build_mlp
+from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.pruning import apply_weights, prune
-from prunelab.sparsity import measure_sparsity
+from prunelab.pruning.sparsity import measure_sparsity
 
 
 def _chain(*weights, bias=False):

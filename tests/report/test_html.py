@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.htmlreport import charts, write_html
-from prunelab.multirun import summarize_run
+from prunelab.report.html import charts, write_html
+from prunelab.study.multiseed import summarize_run
 
-from .seedfakes import write_fake_run
+from ..seedfakes import write_fake_run
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"),
                              shutil.which("chromium-browser")) if p and Path(p).is_file()), None)

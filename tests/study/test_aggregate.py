@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from prunelab.compare import compare_runs
-from prunelab.multireport import write_all
-from prunelab.multirun import load_summary, summarize_run
+from prunelab.report.writer import write_all
+from prunelab.study.compare import compare_runs
+from prunelab.study.multiseed import load_summary, summarize_run
 
-from .seedfakes import write_fake_run
+from ..seedfakes import write_fake_run
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from prunelab.stats import auc, estimate, paired_difference
+from prunelab.study.stats import auc, estimate, paired_difference
 
 VALUES = [0.871, 0.884, 0.879, 0.862, 0.890]
 

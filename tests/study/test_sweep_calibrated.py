@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from prunelab.data import Dataset
-from prunelab.memory import PeakMemory
-from prunelab.model import MLPConfig, build_mlp
-from prunelab.results import RESULT_COLUMNS
-from prunelab.sweep import SweepConfig, calibration_set, sweep
+from prunelab.models.mlp import MLPConfig, build_mlp
+from prunelab.study.memory import PeakMemory
+from prunelab.study.runfolder import RESULT_COLUMNS
+from prunelab.study.sweep import SweepConfig, calibration_set, sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 """Inference commands: latency benchmark, compaction into a model file, model file info.
 
-Registered on the ``prunelab`` group by ``prunelab.cli``.
+Registered on the ``prunelab`` group in ``prunelab.cli.main``.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import click
 from tabulate import tabulate
 from tqdm import tqdm
 
-from prunelab.bench import load_warning
-from prunelab.bench_report import plan_lines, read_bench, speedup_table
-from prunelab.bench_run import NETWORK_BACKENDS, BenchConfig, bench_run_folder
-from prunelab.cliparse import parse_batch_sizes, parse_methods, parse_percents
-from prunelab.deploy import EXPORT_BACKENDS, compact_run
-from prunelab.export import load_model
-from prunelab.multireport import write_run_reports
+from prunelab.cli.parse import parse_batch_sizes, parse_methods, parse_percents
+from prunelab.inference.export import load_model
+from prunelab.inference.timing import load_warning
 from prunelab.pruning import METHODS
+from prunelab.report.speed import plan_lines, plot_bench, speedup_table
+from prunelab.report.writer import write_run_reports
+from prunelab.study.deploy import EXPORT_BACKENDS, compact_run
+from prunelab.study.runfolder import read_bench
+from prunelab.study.speed import NETWORK_BACKENDS, BenchConfig, bench_run_folder
 
 __all__ = ["bench", "compact_cmd", "model_info"]
 
@@ -61,8 +62,10 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, d
     click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
     click.echo("plans chosen by auto:\n" + "\n".join(plan_lines(rows)))
     if (Path(run_dir) / "results.json").is_file():
-        md, page = write_run_reports(run_dir)
+        md, page = write_run_reports(run_dir)  # plots bench_speedup.png too
         click.echo(f"report: {md} and {page}")
+    else:
+        plot_bench(rows, Path(run_dir) / "plots")
     click.echo(f"latencies in {path}")
 
 

@@ -5,9 +5,9 @@ The command line takes percents and comma-separated lists; the library takes fra
 
 from __future__ import annotations
 
-from prunelab.bench import check_batch_size
-from prunelab.multirun import check_seeds
+from prunelab.inference.timing import check_batch_size
 from prunelab.pruning import METHODS
+from prunelab.study.multiseed import check_seeds
 
 __all__ = ["parse_batch_sizes", "parse_hidden", "parse_methods", "parse_percents", "parse_seeds"]
 

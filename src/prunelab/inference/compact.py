@@ -3,11 +3,12 @@
 ``compact`` drops every hidden unit that cannot change the output (no live incoming weight and
 no bias, or no live outgoing weight) together with its row and column, and every input feature
 that no live weight reads: the first layer then gathers only the pixels it uses. Which weights
-are alive comes from ``prunelab.sparsity.effective_masks``. Each remaining layer then runs in
-a backend of ``prunelab.layers.LAYER_BACKENDS``: dense, or sparse for weight-pruned layers.
+are alive comes from ``prunelab.pruning.sparsity.effective_masks``. Each remaining layer then
+runs in a backend of ``prunelab.inference.layers.LAYER_BACKENDS``: dense, or sparse for
+weight-pruned layers.
 
 >>> import torch
->>> from prunelab.model import MLPConfig, build_mlp
+>>> from prunelab.models.mlp import MLPConfig, build_mlp
 >>> from prunelab.pruning import apply_weights, prune
 >>> net = build_mlp(MLPConfig(hidden=(64, 32)), torch.Generator().manual_seed(0))
 >>> pruned = apply_weights(net, prune(net, "unit", 0.5))
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
-from prunelab.model import MLP, linear_layers
-from prunelab.sparsity import effective_masks
+from prunelab.inference.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
+from prunelab.models.mlp import MLP, linear_layers
+from prunelab.pruning.sparsity import effective_masks
 
 __all__ = ["BY_SAMPLE_MAX", "DEFAULT_CHUNK", "CompactMLP", "compact", "with_plan"]
 
@@ -52,7 +53,7 @@ class CompactMLP(nn.Module):
 
     ``input_index`` holds the input features read, in order, out of ``input_size``. All
     ``csr-numba`` runs the whole network in one compiled call
-    (``prunelab.kernels.chain_matmul``); other plans run layer by layer, batch-major
+    (``prunelab.inference.kernels.chain_matmul``); other plans run layer by layer, batch-major
     (batch, features) unless a ``csr-torch`` layer needs feature-major activations (features,
     batch), in chunks of ``chunk`` samples.
     """
@@ -104,7 +105,10 @@ class CompactMLP(nn.Module):
         if x.dtype != torch.float32:  # as the float32 model it came from; uint8 pixels unscaled
             raise TypeError(f"expected float32 inputs, got {x.dtype}")
         if self._fused is not None:  # every layer csr-numba: one compiled call for all
-            from prunelab.kernels import chain_matmul, chain_matvec  # loaded by the layers
+            from prunelab.inference.kernels import (  # loaded by the layers
+                chain_matmul,
+                chain_matvec,
+            )
 
             x_np = x.detach().float().contiguous().numpy()
             if self._chain is not None and 0 < x.shape[0] <= BY_SAMPLE_MAX:
@@ -124,7 +128,7 @@ def _numba_chains(input_index: torch.Tensor,
     ``csr-numba``: (a single sample, by input columns: bias-free layers only; any batch)."""
     if not all(isinstance(m, CSRNumbaLayer) for m in layers):
         return None, None
-    from prunelab.kernels import pack_chain, pack_csr_chain
+    from prunelab.inference.kernels import pack_chain, pack_csr_chain
 
     index = input_index.numpy()
     fused = pack_csr_chain([m.csr for m in layers],
@@ -153,8 +157,9 @@ def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
             chunk: int | None = DEFAULT_CHUNK) -> CompactMLP:
     """The smallest network computing ``model``'s outputs, its layers run as ``plan`` says.
 
-    ``model`` is a ``prunelab.model.MLP`` (ReLU between Linear layers); ``plan`` names a backend
-    of ``LAYER_BACKENDS`` per layer, or one for all (default ``dense``). Output units are kept.
+    ``model`` is a ``prunelab.models.mlp.MLP`` (ReLU between Linear layers); ``plan`` names a
+    backend of ``LAYER_BACKENDS`` per layer, or one for all (default ``dense``). Output units are
+    kept.
     """
     if not isinstance(model, MLP):
         raise TypeError(f"compact needs a prunelab MLP (ReLU between Linear layers), "

@@ -9,8 +9,8 @@ dynamic batch axis) for runtimes outside Python; sparse layers are stored dense 
 
 >>> import tempfile, torch
 >>> from pathlib import Path
->>> from prunelab.compact import compact
->>> from prunelab.model import MLPConfig, build_mlp
+>>> from prunelab.inference.compact import compact
+>>> from prunelab.models.mlp import MLPConfig, build_mlp
 >>> net = compact(build_mlp(MLPConfig(hidden=(8,)), torch.Generator().manual_seed(0)))
 >>> path = Path(tempfile.mkdtemp()) / "small.safetensors"
 >>> save_model(net, path).name
@@ -32,9 +32,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from prunelab.compact import CompactMLP
-from prunelab.layers import LAYER_BACKENDS, DenseLayer, check_backend
-from prunelab.results import atomic_write
+from prunelab.files import atomic_write
+from prunelab.inference.compact import CompactMLP
+from prunelab.inference.layers import LAYER_BACKENDS, DenseLayer, check_backend
 
 __all__ = ["FORMAT", "check_onnx", "export_onnx", "load_model", "save_model", "spec_path"]
 
@@ -65,7 +65,7 @@ def _layer_tensors(i: int, layer: DenseLayer) -> dict[str, torch.Tensor]:
 def save_model(net: CompactMLP, path: Path) -> Path:
     """Write ``net`` to ``path`` (safetensors) and its layer spec; returns the spec's path."""
     if not isinstance(net, CompactMLP):
-        raise TypeError(f"save_model takes a CompactMLP (see prunelab.compact), "
+        raise TypeError(f"save_model takes a CompactMLP (see prunelab.inference.compact), "
                         f"got {type(net).__name__}")
     path = Path(path)
     tensors = {"input_index": net.input_index}
@@ -180,7 +180,7 @@ def export_onnx(net: CompactMLP, path: Path | str, opset: int = 17) -> Path:
     """Write ``net`` to ``path`` as an ONNX model, input ``input`` (batch, input_size) float32,
     output ``logits`` (batch, classes); the batch axis is dynamic. Written atomically."""
     if not isinstance(net, CompactMLP):
-        raise TypeError(f"export_onnx takes a CompactMLP (see prunelab.compact), "
+        raise TypeError(f"export_onnx takes a CompactMLP (see prunelab.inference.compact), "
                         f"got {type(net).__name__}")
     check_onnx()
     plain = _PlainMLP(net).eval()

@@ -8,7 +8,7 @@ contiguous rows of ``h`` for each nonzero, and the ReLU is applied in place (or 
 
 - ``dense``: ``torch.mm`` with the (compacted) dense weight;
 - ``csr-torch``: torch CSR with int32 indices, ``torch.mm(W_csr, h)``;
-- ``csr-numba``: prunelab's own numba kernels (``prunelab.kernels``), ReLU fused: CSR in
+- ``csr-numba``: prunelab's own numba kernels (``prunelab.inference.kernels``), ReLU fused: CSR in
   tiles of 64 samples for batches, by input column (skipping zero inputs) for a single sample.
 
 >>> import torch
@@ -154,15 +154,15 @@ class CSRTorchLayer(DenseLayer):
 
 
 class CSRNumbaLayer(DenseLayer):
-    """Like ``DenseLayer`` with the weight as CSR arrays run by ``prunelab.kernels``: batches
-    by ``chain_matmul`` (bias and ReLU fused), single samples by input columns."""
+    """Like ``DenseLayer`` with the weight as CSR arrays run by ``prunelab.inference.kernels``:
+    batches by ``chain_matmul`` (bias and ReLU fused), single samples by input columns."""
 
     backend = "csr-numba"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> None:
         super().__init__(weight, bias, relu)
         # Imported here: numba takes ~0.4 s to import, which plain `import prunelab` should not pay.
-        from prunelab import kernels
+        from prunelab.inference import kernels
 
         self._shape = tuple(self.weight.shape)
         # The layer as a one-layer chain (the CSR arrays, bias and ReLU) for batches.
@@ -190,7 +190,7 @@ class CSRNumbaLayer(DenseLayer):
 
     def _single(self, x: np.ndarray) -> torch.Tensor:
         # One sample (in,) by input columns; the ReLU goes into the kernel only without a bias.
-        from prunelab import kernels  # imported by __init__ already; not kept (pickling)
+        from prunelab.inference import kernels  # imported by __init__ already; not kept (pickling)
 
         fused = self.bias is None
         y = torch.from_numpy(kernels.csc_matvec(*self.csc, x, self._shape[0], self.relu and fused))
@@ -201,7 +201,7 @@ class CSRNumbaLayer(DenseLayer):
         return y
 
     def _batch(self, h: torch.Tensor, by_feature: bool) -> torch.Tensor:
-        from prunelab import kernels
+        from prunelab.inference import kernels
 
         return torch.from_numpy(kernels.chain_matmul(self.chain, h.detach().numpy(), by_feature))
 

@@ -5,7 +5,7 @@ other processes hits all of them alike and their ratios stay fair. A timing is t
 the repeats after a warm-up.
 
 >>> import torch
->>> from prunelab.model import MLPConfig, build_mlp
+>>> from prunelab.models.mlp import MLPConfig, build_mlp
 >>> net = build_mlp(MLPConfig(hidden=(32,)), torch.Generator().manual_seed(0))
 >>> choice = auto_backend(net, batch_size=8, repeats=3)
 >>> len(choice.plan) == 2 or choice.plan == ("masked",)
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.compact import CompactMLP, compact, with_plan
-from prunelab.layers import LAYER_BACKENDS, DenseLayer
+from prunelab.inference.compact import CompactMLP, compact, with_plan
+from prunelab.inference.layers import LAYER_BACKENDS, DenseLayer
 
 __all__ = ["AutoChoice", "auto_backend", "check_batch_size", "load_warning", "time_calls"]
 

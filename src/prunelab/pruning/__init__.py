@@ -4,7 +4,7 @@ Compute, then apply: a method returns new weights (torch layout, out x in) for t
 prunes and never changes the model; ``apply_weights`` builds a pruned copy.
 
 >>> import torch
->>> from prunelab.model import MLPConfig, build_mlp
+>>> from prunelab.models.mlp import MLPConfig, build_mlp
 >>> net = build_mlp(MLPConfig(hidden=(64, 32)), torch.Generator().manual_seed(0))
 >>> weights = prune(net, "weight", 0.5)
 >>> sorted(weights)  # the last layer is left alone
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.model import linear_layers
+from prunelab.models.mlp import linear_layers
 from prunelab.pruning.magnitude import unit_pruning, weight_pruning
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Shared machinery of the calibration-aware methods: activations, Gram matrices, masked refits.
 
 Calibration-aware methods treat the model as a chain of ``nn.Linear`` layers applied in order with
-ReLU between them (``prunelab.model.MLP``). They process layers in order, so each layer sees the
+ReLU between them (``models.mlp.MLP``). They process layers in order, so each layer sees the
 inputs the *already pruned* network gives it (``x_pruned``) next to the dense network's inputs
 (``x_dense``). Linear algebra runs in float64; Gram matrices are damped so that dead (all-zero)
 inputs never make a system singular.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.model import linear_layers
+from prunelab.models.mlp import linear_layers
 from prunelab.pruning import PruneContext
 
 __all__ = [

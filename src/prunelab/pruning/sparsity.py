@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.model import linear_layers
+from prunelab.models.mlp import linear_layers
 
 __all__ = ["LayerSparsity", "SparsityStats", "effective_masks", "measure_sparsity"]
 

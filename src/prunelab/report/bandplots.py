@@ -11,8 +11,8 @@ from typing import Any
 
 from matplotlib.axes import Axes
 
-from prunelab.aggregate import Summary
-from prunelab.plots import save_charts
+from prunelab.report.plots import save_charts
+from prunelab.study.aggregate import Summary
 
 __all__ = ["plot_summary"]
 

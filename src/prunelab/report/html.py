@@ -18,15 +18,15 @@ from typing import Any
 import altair as alt
 import vl_convert
 
-from prunelab.aggregate import Summary
-from prunelab.results import atomic_write
-from prunelab.seedreport import (
+from prunelab.files import atomic_write
+from prunelab.report.summary import (
     analysis,
     comparisons_table,
     figures_table,
     results_table,
     title_of,
 )
+from prunelab.study.aggregate import Summary
 
 __all__ = ["charts", "render_html", "write_html"]
 

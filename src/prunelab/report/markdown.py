@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from prunelab.bench_report import bench_section
-from prunelab.plots import PLOTS
-from prunelab.results import Results, atomic_write
+from prunelab.files import atomic_write
+from prunelab.report.plots import PLOTS
+from prunelab.report.speed import bench_section
+from prunelab.study.runfolder import Results
 
 __all__ = ["analysis", "bullet_section", "render_report", "write_report"]
 

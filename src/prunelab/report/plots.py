@@ -13,7 +13,8 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from prunelab.results import Results, atomic_write  # noqa: E402
+from prunelab.files import atomic_write
+from prunelab.study.runfolder import Results  # noqa: E402
 
 __all__ = ["CHARTS", "PLOTS", "Chart", "plot_results", "save_charts"]
 

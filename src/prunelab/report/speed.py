@@ -6,8 +6,6 @@ a ``bench.csv``; it is empty otherwise.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from prunelab.study.runfolder import read_bench, read_bench_meta  # noqa: E402
+
 __all__ = [
-    "BENCH_PLOT", "bench_section", "plan_lines", "plot_bench", "read_bench", "speedup_table",
+    "BENCH_PLOT", "bench_section", "plan_lines", "plot_bench", "speedup_table",
 ]
 
 BENCH_PLOT = "bench_speedup"
-_NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
-
-
-def read_bench(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``run_dir/bench.csv`` with numbers parsed; [] when there is none."""
-    path = Path(run_dir) / "bench.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        for row in rows:
-            for key in _NUMERIC:
-                row[key] = float(row[key])
-            row["batch_size"] = int(row["batch_size"])
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a prunelab bench table ({e})") from None
-    return rows
 
 
 def speedup_table(rows: list[dict[str, Any]], backend: str) -> tuple[list[list[str]], list[str]]:
@@ -94,20 +76,12 @@ def plot_bench(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     return path
 
 
-def _meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "bench.json"
-    try:
-        return json.loads(path.read_text()).get("meta", {}) if path.is_file() else {}
-    except (json.JSONDecodeError, AttributeError):
-        return {}
-
-
 def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
     """Markdown for ``report.md`` from ``run_dir/bench.csv``; "" when there is none."""
     rows = read_bench(run_dir)
     if not rows:
         return ""
-    meta = _meta(run_dir)
+    meta = read_bench_meta(run_dir)
     env = meta.get("environment", {})
     lines = [
         "## Inference speed",

@@ -12,10 +12,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from prunelab.aggregate import Summary
-from prunelab.plots import PLOTS
-from prunelab.report import bullet_section
-from prunelab.results import atomic_write
+from prunelab.files import atomic_write
+from prunelab.report.markdown import bullet_section
+from prunelab.report.plots import PLOTS
+from prunelab.study.aggregate import Summary
 
 __all__ = [
     "analysis",

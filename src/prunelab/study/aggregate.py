@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from prunelab.results import Results
-from prunelab.stats import Estimate, auc, estimate, paired_difference
+from prunelab.study.runfolder import Results
+from prunelab.study.stats import Estimate, auc, estimate, paired_difference
 
 __all__ = ["Curve", "Summary", "curves_from_results", "flat", "summarize", "verdict"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunelab.aggregate import Summary, summarize
-from prunelab.multirun import load_seed_results, run_meta
+from prunelab.study.aggregate import Summary, summarize
+from prunelab.study.multiseed import load_seed_results, run_meta
 
 __all__ = ["compare_runs", "same_test_set"]
 

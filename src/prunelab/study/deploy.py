@@ -9,14 +9,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunelab.bench import auto_backend, check_batch_size
-from prunelab.bench_run import pruned_from_run
-from prunelab.compact import CompactMLP, compact
 from prunelab.data import load_dataset
-from prunelab.export import check_onnx, export_onnx, save_model
-from prunelab.layers import check_backend
+from prunelab.inference.compact import CompactMLP, compact
+from prunelab.inference.export import check_onnx, export_onnx, save_model
+from prunelab.inference.layers import check_backend
+from prunelab.inference.timing import auto_backend, check_batch_size
 from prunelab.pruning import METHODS, check_sparsity
-from prunelab.results import load_run
+from prunelab.study.runfolder import load_run
+from prunelab.study.speed import pruned_from_run
 
 __all__ = ["EXPORT_BACKENDS", "Exported", "compact_run"]
 

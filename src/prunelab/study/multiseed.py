@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prunelab.aggregate import MEAN_COLUMNS, Summary, summarize
-from prunelab.results import RESULTS_JSON, Results, atomic_write, load_results
+from prunelab.files import atomic_write
+from prunelab.study.aggregate import MEAN_COLUMNS, Summary, summarize
+from prunelab.study.runfolder import RESULTS_JSON, Results, load_results
 
 __all__ = [
     "SUMMARY_CSV",

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,33 @@ import safetensors.torch
 import torch
 
 from prunelab.data import DATASETS
-from prunelab.model import MLP, MLPConfig, build_mlp
+from prunelab.files import atomic_write
+from prunelab.models import MLP, MLPConfig, build_model
 from prunelab.train import EpochStats, TrainConfig
 
 __all__ = [
+    "BENCH_COLUMNS",
     "RESULT_COLUMNS",
     "Results",
     "Run",
     "RunConfig",
-    "atomic_write",
     "environment_info",
     "has_trained_model",
     "load_results",
     "load_run",
+    "read_bench",
+    "read_bench_meta",
     "save_run",
+    "write_bench",
     "write_results",
 ]
 
 CONFIG, MODEL, HISTORY = "config.json", "model.safetensors", "history.json"
 RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
+BENCH_CSV, BENCH_JSON = "bench.csv", "bench.json"
+BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms",
+                 "speedup_vs_dense", "flop_ratio", "plan", "max_abs_diff", "repeats", "threads")
+_NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
 RESULT_COLUMNS = (
     "method", "granularity", "sparsity_pct", "accuracy", "loss", "zero_fraction",
     "effective_sparsity", "params_remaining", "params_total", "macs_per_sample", "seconds",
@@ -93,25 +100,6 @@ class Results:
     """One row per (method, sparsity), with ``RESULT_COLUMNS`` and per-layer details."""
     meta: dict[str, Any]
     """Run config, environment and sweep settings."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a plain open would not
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -184,7 +172,7 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"{run_dir / CONFIG}: not a prunelab run config ({e})") from None
     if not (run_dir / MODEL).is_file():
         raise FileNotFoundError(f"{run_dir} holds no trained model ({MODEL} is missing)")
-    model = build_mlp(config.model)
+    model = build_model("mlp", config.model)
     try:
         model.load_state_dict(safetensors.torch.load_file(run_dir / MODEL))
     except (RuntimeError, OSError) as e:
@@ -215,3 +203,40 @@ def load_results(run_dir: Path) -> Results:
         return Results(raw["dense"], raw["rows"], raw["meta"])
     except (KeyError, TypeError):
         raise ValueError(f"{run_dir / RESULTS_JSON}: not prunelab sweep results") from None
+
+
+def write_bench(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Write ``bench.csv`` and ``bench.json`` atomically (called after every method and k)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=BENCH_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_json(Path(run_dir) / BENCH_JSON, {"rows": rows, "meta": meta})
+    atomic_write(Path(run_dir) / BENCH_CSV, buf.getvalue())
+
+
+def read_bench(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/bench.csv`` with numbers parsed; [] when there is none."""
+    path = Path(run_dir) / BENCH_CSV
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        for row in rows:
+            for key in _NUMERIC:
+                row[key] = float(row[key])
+            row["batch_size"] = int(row["batch_size"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a prunelab bench table ({e})") from None
+    return rows
+
+
+def read_bench_meta(run_dir: Path) -> dict[str, Any]:
+    """The ``meta`` of ``run_dir/bench.json`` (config, environment); {} when unreadable."""
+    path = Path(run_dir) / BENCH_JSON
+    try:
+        return json.loads(path.read_text()).get("meta", {}) if path.is_file() else {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 from prunelab.data import DATASETS, DatasetSpec, load_dataset
-from prunelab.multirun import check_seeds, seed_dir
-from prunelab.plots import plot_results
-from prunelab.report import write_report
-from prunelab.results import RunConfig, has_trained_model, load_run
-from prunelab.sweep import SweepConfig, ensure_trained, resolve_device, run_sweep
+from prunelab.study.multiseed import check_seeds, seed_dir
+from prunelab.study.runfolder import RunConfig, has_trained_model, load_run
+from prunelab.study.sweep import SweepConfig, ensure_trained, resolve_device, run_sweep
 from prunelab.train import StepInfo
 
 __all__ = ["SeedFailed", "SeedJob", "default_workers", "run_jobs", "seed_jobs"]
@@ -93,10 +91,8 @@ def _do_job(job: SeedJob, report: Progress) -> None:
 
         ensure_trained(job.run_dir, job.config, data, device, on_step)
     if job.sweep is not None:
-        results = run_sweep(job.run_dir, job.sweep, job.data_dir, device,
-                            lambda row: report("sweep", 1), data=data)
-        plot_results(results, job.run_dir / "plots")  # each seed folder is a complete run
-        write_report(results, job.run_dir)
+        run_sweep(job.run_dir, job.sweep, job.data_dir, device, lambda row: report("sweep", 1),
+                  data=data)
 
 
 def _worker_main(job: SeedJob, q: mp.Queue, threads: int,

@@ -8,9 +8,6 @@ model, so ``speedup_vs_dense`` is a ratio taken in the same run. ``bench.csv`` a
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,18 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.bench import auto_backend, check_batch_size, load_warning, time_calls
-from prunelab.bench_report import plot_bench, read_bench
-from prunelab.compact import compact
 from prunelab.data import Dataset, load_dataset
-from prunelab.model import linear_layers
+from prunelab.inference.compact import compact
+from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
+from prunelab.models.mlp import linear_layers
 from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
-from prunelab.results import atomic_write, environment_info, load_run
-from prunelab.sparsity import measure_sparsity
-from prunelab.sweep import calibration_set
+from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, write_bench
+from prunelab.study.sweep import calibration_set
 
 __all__ = [
-    "BENCH_COLUMNS",
     "NETWORK_BACKENDS",
     "BenchConfig",
     "bench_pruned",
@@ -42,9 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BENCH_CSV, BENCH_JSON = "bench.csv", "bench.json"
-BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms",
-                 "speedup_vs_dense", "flop_ratio", "plan", "max_abs_diff", "repeats", "threads")
 
 Builder = Callable[[nn.Module, nn.Module, int], tuple[nn.Module, str]]
 NETWORK_BACKENDS: dict[str, Builder] = {
@@ -140,16 +132,6 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
     return rows
 
 
-def _write(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=BENCH_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(run_dir / BENCH_JSON, json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
-    atomic_write(run_dir / BENCH_CSV, buf.getvalue())
-
-
 def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
               sparsities: tuple[float, ...], config: BenchConfig,
               calibration: torch.Tensor | None = None, check_x: torch.Tensor | None = None,
@@ -175,7 +157,7 @@ def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
                 rows.append(row)
                 if on_row:
                     on_row(row)
-            _write(Path(run_dir), rows, meta)
+            write_bench(Path(run_dir), rows, meta)
     return rows
 
 
@@ -198,7 +180,7 @@ def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[
                      calibration_size: int = 2048,
                      on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """``run_bench`` on the model of ``run_dir``; with ``check``, outputs are compared with the
-    masked network's on its test set. Plots too; returns the path of ``bench.csv``.
+    masked network's on its test set. Returns the path of ``bench.csv``.
     """
     run = load_run(Path(run_dir))
     needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
@@ -206,5 +188,4 @@ def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[
     calibration = calibration_set(data, calibration_size, config.seed) if needs else None
     run_bench(Path(run_dir), run.model, methods, sparsities, config, calibration,
               data.test_x if check else None, on_row)
-    plot_bench(read_bench(Path(run_dir)), Path(run_dir) / "plots")
     return Path(run_dir) / BENCH_CSV

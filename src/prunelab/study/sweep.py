@@ -18,8 +18,7 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset, test_set_fingerprint
 from prunelab.evaluate import evaluate
-from prunelab.memory import PeakMemory
-from prunelab.model import build_mlp
+from prunelab.models import build_model
 from prunelab.pruning import (
     METHODS,
     PruneContext,
@@ -28,7 +27,9 @@ from prunelab.pruning import (
     lookup,
     prune,
 )
-from prunelab.results import (
+from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.study.memory import PeakMemory
+from prunelab.study.runfolder import (
     Results,
     Run,
     RunConfig,
@@ -39,7 +40,6 @@ from prunelab.results import (
     save_run,
     write_results,
 )
-from prunelab.sparsity import measure_sparsity
 from prunelab.train import StepInfo, train
 
 __all__ = [
@@ -163,7 +163,7 @@ def ensure_trained(
     """
     if has_trained_model(run_dir, config):
         return load_run(run_dir), False
-    model = build_mlp(config.model, torch.Generator().manual_seed(config.train.seed))
+    model = build_model("mlp", config.model, torch.Generator().manual_seed(config.train.seed))
     history = train(model, data, config.train, device, on_step)
     model.cpu()
     save_run(run_dir, config, model, history)

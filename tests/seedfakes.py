@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunelab.multirun import seed_dir
-from prunelab.results import write_results
+from prunelab.study.multiseed import seed_dir
+from prunelab.study.runfolder import write_results
 
 KS = (0.0, 50.0, 90.0)
 

@@ -1,0 +1,238 @@
+"""Study commands: run, train, sweep, report, compare (registered on the group in ``main``).
+
+Sparsities are given in percent here, like the original challenge, and converted to fractions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from prunelab.cli.parse import parse_hidden, parse_methods, parse_percents, parse_seeds
+from prunelab.data import DATASETS, load_dataset
+from prunelab.models.mlp import MLPConfig
+from prunelab.pruning import METHODS
+from prunelab.report.writer import write_all, write_run_reports, write_seed_report
+from prunelab.study.compare import compare_runs
+from prunelab.study.multiseed import (
+    SUMMARY_CSV,
+    default_run_dir,
+    seed_dirs,
+    summarize_run,
+    write_summary,
+)
+from prunelab.study.runfolder import RunConfig, load_run
+from prunelab.study.seeds import SeedJob, default_workers, run_jobs, seed_jobs
+from prunelab.study.sweep import (
+    DEFAULT_SPARSITIES,
+    SweepConfig,
+    ensure_trained,
+    resolve_device,
+    run_sweep,
+)
+from prunelab.train import StepInfo, TrainConfig
+
+__all__ = ["compare", "report", "run", "sweep", "train"]
+
+
+def _train_options(f: Callable) -> Callable:
+    options = [
+        click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist",
+                     show_default=True),
+        click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
+        click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True),
+        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
+        click.option("--hidden", default=",".join(map(str, MLPConfig.hidden)), show_default=True,
+                     help="Hidden layer widths, comma-separated."),
+        click.option("--bias/--no-bias", default=False, show_default=True,
+                     help="Give Linear layers biases (the original has none)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Run folder [default: runs/<dataset>-seed<seed>, or "
+                          "runs/<dataset>-<n>seeds with several --seeds]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _common_options(f: Callable) -> Callable:
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu or cuda[:N].")(f)
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                        help="Folder holding fashion-mnist/ and mnist/ (else PRUNELAB_DATA, "
+                             "the cache, a download).")(f)
+
+
+def _seed_options(f: Callable) -> Callable:
+    f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Parallel worker processes for several seeds [default: one per core, "
+                          "at most one per seed].")(f)
+    return click.option("--seeds", "seeds_text", default=None,
+                        help="Comma-separated seeds, e.g. 0,1,2,3,4: one run folder per seed "
+                             "inside the run folder, then mean ± 95 % CI over seeds. "
+                             "Overrides --seed.")(f)
+
+
+def _sweep_options(f: Callable) -> Callable:
+    f = click.option("--calibration-size", type=int, default=SweepConfig.calibration_size,
+                     show_default=True, help="Training images for calibration-aware methods.")(f)
+    f = click.option("--methods", default="weight,unit", show_default=True,
+                     help=f"Comma-separated, or 'all'. Registered: {', '.join(METHODS)}.")(f)
+    default = ",".join(f"{100 * s:g}" for s in DEFAULT_SPARSITIES)
+    return click.option("--sparsities", default=default, show_default=True,
+                        help="Percent of each hidden layer to prune.")(f)
+
+
+def _run_config(dataset: str, epochs: int, seed: int, batch_size: int, lr: float, hidden: str,
+                bias: bool) -> RunConfig:
+    return RunConfig(dataset, MLPConfig(hidden=parse_hidden(hidden), bias=bias),
+                     TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+
+
+def _train(config: RunConfig, out: Path | None, data_dir: Path | None, device: str):
+    run_dir = out or Path("runs") / f"{config.dataset}-seed{config.train.seed}"
+    dev = resolve_device(device)
+    data = load_dataset(config.dataset, data_dir)
+    steps = config.train.epochs * -(-len(data.train_x) // config.train.batch_size)
+    with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True) as bar:
+        def on_step(info: StepInfo) -> None:
+            bar.update(1)
+            if info.step % 20 == 0 or info.step == info.steps_per_epoch:
+                bar.set_postfix(epoch=info.epoch, loss=f"{info.loss:.4f}",
+                                acc=f"{info.accuracy:.4f}", refresh=False)
+
+        run, trained = ensure_trained(run_dir, config, data, dev, on_step)
+        if not trained:
+            bar.close()
+    if trained:
+        last = run.history[-1]
+        click.echo(f"trained {run_dir}: test accuracy {100 * last['test_accuracy']:.2f} %")
+    else:
+        click.echo(f"reusing the model in {run_dir} (trained with the same configuration)")
+    return run_dir, data, dev
+
+
+def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, data=None) -> None:
+    total = len(config.methods) * len(config.sparsities)
+    with tqdm(total=total, desc="sweep", unit="model", dynamic_ncols=True) as bar:
+        def on_row(row: dict[str, Any]) -> None:
+            bar.update(1)
+            bar.set_postfix(method=row["method"], k=f"{row['sparsity_pct']:g}",
+                            acc=f"{100 * row['accuracy']:.2f}")
+
+        results = run_sweep(run_dir, config, data_dir, device, on_row, data=data)
+    click.echo(f"dense accuracy {100 * results.dense['accuracy']:.2f} %; "
+               f"results in {run_dir / 'results.csv'}")
+
+
+def _report(run_dir: Path, seeds: tuple[int, ...] | None = None) -> None:
+    md, page = write_run_reports(run_dir, seeds)
+    click.echo(f"report: {md} and {page}")
+
+
+def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
+    start = time.perf_counter()
+    with tqdm(total=0, desc=f"{len(jobs)} seeds", unit="step", dynamic_ncols=True) as bar:
+        def progress(kind: str, n: int) -> None:
+            if kind == "total":
+                bar.total += n
+                bar.refresh()
+            else:
+                bar.update(n)
+
+        run_jobs(jobs, workers, progress)
+    for job in jobs:
+        if job.sweep is not None:
+            write_seed_report(job.run_dir)  # each seed folder is a complete run
+    used = min(workers or default_workers(len(jobs)), len(jobs))
+    click.echo(f"{len(jobs)} seeds with {used} worker(s) in {time.perf_counter() - start:.1f} s")
+
+
+@click.command()
+@_train_options
+@_seed_options
+@_sweep_options
+@_common_options
+def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text, workers,
+        sparsities, methods, calibration_size, device, data_dir) -> None:
+    """Train (unless already trained), sweep every method and sparsity, plot, report."""
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
+    config = _run_config(dataset, epochs, seeds[0], batch_size, lr, hidden, bias)
+    sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
+                               calibration_size)
+    if len(seeds) > 1:
+        run_dir = out or default_run_dir(dataset, seeds)
+        _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device), workers)
+        _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
+        return
+    run_dir, data, dev = _train(config, out, data_dir, device)
+    _sweep(run_dir, sweep_config, data_dir, dev, data)
+    _report(run_dir)
+
+
+@click.command()
+@_train_options
+@_common_options
+def train(dataset, epochs, seed, batch_size, lr, hidden, bias, out, device, data_dir) -> None:
+    """Train a model into a run folder (reused when already trained the same way)."""
+    _train(_run_config(dataset, epochs, seed, batch_size, lr, hidden, bias), out, data_dir,
+           device)
+
+
+def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
+                     data_dir: Path | None, device: str) -> list[SeedJob]:
+    found = seed_dirs(run_dir)
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else tuple(found)
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise ValueError(f"{run_dir} has no folder for seed(s) {missing}; it has {list(found)}")
+    for s in seeds:
+        load_run(found[s])  # a seed without a complete model fails here, before any work
+    return [SeedJob(found[s], None, config, data_dir, device) for s in seeds]
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_seed_options
+@_sweep_options
+@_common_options
+def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, device,
+          data_dir) -> None:
+    """Prune the model in RUN_DIR with every method at every sparsity; write results.
+
+    On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
+    the summary over seeds is written.
+    """
+    config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size)
+    if seed_dirs(run_dir):
+        _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
+        write_summary(run_dir, summarize_run(run_dir))
+        click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
+        return
+    if seeds_text is not None:
+        raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "
+                         f"{run_dir} is a single-seed folder")
+    _sweep(run_dir, config, data_dir, resolve_device(device))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir) -> None:
+    """Plots, report.md and report.html from the results saved in RUN_DIR."""
+    _report(run_dir)
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the combined summary, plots, report.md and report.html.")
+def compare(run_dirs, out) -> None:
+    """One report across run folders (single- or multi-seed) on the same test set."""
+    md, page = write_all(compare_runs(list(run_dirs)), out)
+    click.echo(f"report: {md} and {page}")
