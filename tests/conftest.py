@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from prunelab import data as data_mod
 from prunelab.data import DataFile, DatasetSpec
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+"""The genuine IDX files the repository ships (``data/``)."""
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -88,9 +89,11 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Never read or write the user's cache or data dir in tests."""
+    """Never read or write the user's cache or data dir in tests, nor the checkout's data/
+    (tests that want the genuine files pass ``REPO_DATA`` or patch ``checkout_data_dir``)."""
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("PRUNELAB_DATA", raising=False)
+    monkeypatch.setattr(data_mod, "checkout_data_dir", lambda: None)
 
 
 @pytest.fixture

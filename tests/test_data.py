@@ -1,5 +1,7 @@
 import gzip
 import hashlib
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from prunelab import data as data_mod
 from prunelab.data import DataFile, DatasetSpec, find_or_fetch, load_dataset, read_idx, verify_file
 
-from .conftest import SHARED_DATA, idx_bytes, make_dataset_dir, write_idx
+from .conftest import REPO_DATA, idx_bytes, make_dataset_dir, write_idx
 
 
 def test_read_idx_round_trip(tmp_path):
@@ -119,14 +121,83 @@ def test_unknown_dataset():
         load_dataset("cifar")
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="real data not available")
 @pytest.mark.parametrize(("name", "mean", "std"), [("fashion-mnist", 0.2860, 0.3530),
                                                    ("mnist", 0.1307, 0.3081)])
 def test_real_files(name, mean, std):
-    data = load_dataset(name, data_dir=SHARED_DATA, download=False)
+    data = load_dataset(name, data_dir=REPO_DATA, download=False)
     assert data.train_x.shape == (60000, 784) and data.test_x.shape == (10000, 784)
     assert float(data.train_x.mean()) == pytest.approx(mean, abs=1e-4)
     assert float(data.train_x.std()) == pytest.approx(std, abs=1e-4)
     if name == "fashion-mnist":  # balanced: 1,000 test images per class
         assert torch.bincount(data.test_y).tolist() == [1000] * 10
     assert set(data.train_y.unique().tolist()) == set(range(10))
+
+
+def _spread(spec: DatasetSpec, src: Path, places: list[Path]) -> None:
+    """Copy ``spec``'s four files from ``src/<name>`` into every ``place/<name>``."""
+    for place in places:
+        (place / spec.name).mkdir(parents=True)
+        for f in spec.files():
+            shutil.copy(src / spec.name / f.name, place / spec.name / f.name)
+
+
+def test_search_order_data_dir_cache_checkout_download(tmp_path, monkeypatch):
+    spec = make_dataset_dir(tmp_path / "mirror", "mnist")
+    spec = DatasetSpec(spec.name, ((tmp_path / "mirror" / "mnist").as_uri() + "/",),
+                       *spec.files())
+    monkeypatch.setitem(data_mod.DATASETS, "mnist", spec)
+    data_dir, checkout, cache = tmp_path / "data", tmp_path / "checkout" / "data", tmp_path / "c"
+    monkeypatch.setenv("PRUNELAB_CACHE", str(cache))
+    monkeypatch.setattr(data_mod, "checkout_data_dir", lambda: checkout)
+    _spread(spec, tmp_path / "mirror", [data_dir, cache, checkout])
+    file = spec.test_labels
+    found = [find_or_fetch(spec, file, data_dir, download=False)]
+    (data_dir / "mnist" / file.name).unlink()
+    found.append(find_or_fetch(spec, file, data_dir, download=False))
+    (cache / "mnist" / file.name).unlink()
+    found.append(find_or_fetch(spec, file, data_dir, download=False))
+    (checkout / "mnist" / file.name).unlink()
+    found.append(find_or_fetch(spec, file, data_dir))  # downloaded from the mirror
+    assert found == [data_dir / "mnist" / file.name, cache / "mnist" / file.name,
+                     checkout / "mnist" / file.name, cache / "mnist" / file.name]
+    assert (cache / "mnist" / file.name).read_bytes() == (
+        tmp_path / "mirror" / "mnist" / file.name).read_bytes()
+
+
+def test_checkout_data_is_found_without_data_dir_cache_or_network(monkeypatch):
+    """The repository's own data/ folder holds the genuine files and is found by default."""
+    monkeypatch.undo()  # the real checkout_data_dir, but still an empty cache:
+    monkeypatch.setenv("PRUNELAB_CACHE", str(REPO_DATA.parent / ".no-such-cache"))
+    monkeypatch.delenv("PRUNELAB_DATA", raising=False)
+    assert data_mod.checkout_data_dir() == REPO_DATA
+    spec = data_mod.DATASETS["mnist"]
+    path = find_or_fetch(spec, spec.test_labels, download=False)
+    assert path == REPO_DATA / "mnist" / spec.test_labels.name
+    assert len(load_dataset("mnist", download=False).test_y) == 10000
+
+
+def test_tampered_checkout_file_is_refused(tmp_path, monkeypatch):
+    spec = data_mod.DATASETS["mnist"]
+    checkout = tmp_path / "data"
+    _spread(spec, REPO_DATA, [checkout])
+    target = checkout / "mnist" / spec.test_labels.name
+    raw = bytearray(target.read_bytes())
+    raw[-5] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    monkeypatch.setattr(data_mod, "checkout_data_dir", lambda: checkout)
+    with pytest.raises(ValueError) as err:
+        load_dataset("mnist", download=False)
+    msg = str(err.value)
+    assert msg.startswith("checksum mismatch for") and str(target) in msg
+    assert spec.test_labels.md5 in msg and "\n" not in msg
+
+
+def test_checkout_data_dir_needs_a_source_checkout(tmp_path, monkeypatch):
+    """An installed copy (no pyproject.toml two levels up) never picks up a stray data/."""
+    fake = tmp_path / "site-packages" / "prunelab" / "data.py"
+    (tmp_path / "data").mkdir()
+    monkeypatch.undo()
+    monkeypatch.setattr(data_mod, "__file__", str(fake))
+    assert data_mod.checkout_data_dir() is None
+    (tmp_path / "pyproject.toml").write_text("")
+    assert data_mod.checkout_data_dir() == tmp_path / "data"

@@ -1,9 +1,10 @@
 """Datasets: IDX reading, checksummed download, cache dir. Nothing about models.
 
 Files are looked for, in order, in the data dir (argument or ``PRUNELAB_DATA``), then the user
-cache (``PRUNELAB_CACHE``, else ``$XDG_CACHE_HOME/prunelab``, else ``~/.cache/prunelab``), and
-are otherwise downloaded into the cache. Every file is checked against its published checksum
-before use.
+cache (``PRUNELAB_CACHE``, else ``$XDG_CACHE_HOME/prunelab``, else ``~/.cache/prunelab``), then
+the ``data/`` folder of a source checkout (the repository ships the genuine files), and are
+otherwise downloaded into the cache. Every file is checked against its published checksum
+before use, wherever it comes from.
 
 >>> data = load_dataset("fashion-mnist")  # doctest: +SKIP
 >>> data.train_x.shape, data.train_x.dtype
@@ -34,6 +35,7 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "cache_dir",
+    "checkout_data_dir",
     "find_or_fetch",
     "load_dataset",
     "read_idx",
@@ -168,6 +170,17 @@ def cache_dir() -> Path:
     return Path(base) / "prunelab"
 
 
+def checkout_data_dir() -> Path | None:
+    """The source checkout's ``data/`` folder, or None when prunelab is not run from one.
+
+    ``src/prunelab/data.py`` -> the repository root, recognised by its ``pyproject.toml``; an
+    installed wheel has neither, so it never picks up an unrelated ``data/`` folder.
+    """
+    root = Path(__file__).resolve().parents[2]
+    data = root / "data"
+    return data if (root / "pyproject.toml").is_file() and data.is_dir() else None
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a gzip-compressed IDX file into an array of its declared type and shape."""
     path = Path(path)
@@ -248,22 +261,25 @@ def find_or_fetch(
     download: bool = True,
     timeout: float = 30.0,
 ) -> Path:
-    """Path of a verified copy of ``file``: data dir, then cache, then a download into the cache."""
+    """Path of a verified copy of ``file``: data dir, cache, source checkout, else a download.
+
+    The first folder holding the file wins; a file there that fails its checksum is an error
+    (never silently skipped for the next place).
+    """
     data_dir = data_dir if data_dir is not None else os.environ.get("PRUNELAB_DATA")
-    if data_dir is not None:
-        candidate = Path(data_dir) / spec.name / file.name
-        if candidate.is_file():
-            verify_file(candidate, file)
-            return candidate
     cached = cache_dir() / spec.name / file.name
-    if cached.is_file():
-        verify_file(cached, file)
-        return cached
+    checkout = checkout_data_dir()
+    places = [Path(data_dir) / spec.name] if data_dir is not None else []
+    places += [cached.parent] + ([checkout / spec.name] if checkout is not None else [])
+    for place in places:
+        if (place / file.name).is_file():
+            verify_file(place / file.name, file)
+            return place / file.name
     failures = _download(spec, file, cached, timeout) if download else ["downloads disabled"]
     if failures:
-        where = f"{Path(data_dir) / spec.name} or " if data_dir is not None else ""
+        where = " or ".join(str(p) for p in places)
         raise FileNotFoundError(
-            f"{spec.name}: {file.name} is not in {where}{cached.parent} and could not be "
+            f"{spec.name}: {file.name} is not in {where} and could not be "
             f"downloaded ({'; '.join(failures)}). Put the four IDX .gz files in "
             f"{cached.parent}/, or pass --data-dir / set PRUNELAB_DATA to a folder holding "
             f"{spec.name}/"

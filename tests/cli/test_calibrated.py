@@ -11,9 +11,7 @@ from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.study.runfolder import RunConfig, save_run
 from prunelab.train import TrainConfig
 
-from ..conftest import assert_one_line_error, invoke
-
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+from ..conftest import REPO_DATA, assert_one_line_error, invoke
 
 
 @pytest.fixture()
@@ -38,7 +36,6 @@ def test_bad_sweep_options(run_dir: Path, extra: list[str], match: str) -> None:
     _fails_in_one_line(["sweep", str(run_dir), *extra], match)
 
 
-@pytest.mark.skipif(not (DATA / "fashion-mnist").is_dir(), reason="no local Fashion-MNIST")
 def test_calibration_larger_than_training_set(run_dir: Path) -> None:
     _fails_in_one_line(["sweep", str(run_dir), "--methods", "wanda", "--calibration-size",
-                        "60001", "--data-dir", str(DATA), "--sparsities", "50"], "1..60000")
+                        "60001", "--data-dir", str(REPO_DATA), "--sparsities", "50"], "1..60000")
