@@ -1,7 +1,9 @@
 """Accuracy of one-shot pruning methods on a trained run folder, next to issue 4's goals.
 
     python benchmarks/calibrated_accuracy.py RUN_DIR --methods refit-gradual,unit-obs \
-        --calibration-size 2048 [--full-sweep] [--out results.json]
+        [--calibration-size N] [--full-sweep] [--out results.json]
+
+Without ``--calibration-size`` every method gets its own default, as ``prunelab sweep`` gives it.
 
 Weight and n:m methods are measured at 90/95/97/99 % (N:M methods at their own sparsity), unit
 methods at 70/80/90/95 %. ``--full-sweep`` also times every default sparsity (issue: <= 2 min
@@ -23,7 +25,7 @@ from prunelab.evaluate import evaluate
 from prunelab.pruning import PruneContext, apply_weights, lookup, prune
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.runfolder import load_run
-from prunelab.study.sweep import DEFAULT_SPARSITIES, calibration_set
+from prunelab.study.sweep import DEFAULT_SPARSITIES, calibration_sizes, prune_contexts
 
 GOALS = {
     "weight": {0.90: 88.7, 0.95: 87.0, 0.97: 82.0, 0.99: 65.0},
@@ -45,8 +47,9 @@ def measure(model, data, method: str, sparsity: float, context: PruneContext) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--methods", default="refit-magnitude,unit-act-refit")
-    parser.add_argument("--calibration-size", type=int, default=2048)
+    parser.add_argument("--methods", default="refit-gradual,unit-obs-allocated")
+    parser.add_argument("--calibration-size", type=int, default=None,
+                        help="for every method [each method's default]")
     parser.add_argument("--seed", type=int, default=None, help="calibration draw [run seed]")
     parser.add_argument("--full-sweep", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -56,16 +59,20 @@ def main() -> None:
     run = load_run(args.run_dir)
     data = load_dataset(run.config.dataset)
     seed = run.config.train.seed if args.seed is None else args.seed
-    context = PruneContext(calibration_set(data, args.calibration_size, seed),
-                           torch.Generator().manual_seed(seed))
+    methods = tuple(args.methods.split(","))
+    for method in methods:
+        lookup(method)  # builds N:M variants before contexts are drawn
+    contexts = prune_contexts(data, methods, seed, args.calibration_size)
     dense, _ = evaluate(run.model, data.test_x, data.test_y)
-    print(f"{args.run_dir}: dense {100 * dense:.2f} %, {args.calibration_size} calibration images")
+    sizes = calibration_sizes(methods, len(data.train_x), args.calibration_size)
+    print(f"{args.run_dir}: dense {100 * dense:.2f} %, calibration images {sizes}")
     rows, table = [], []
-    for method in args.methods.split(","):
-        spec = lookup(method)
+    for method in methods:
+        spec, context = lookup(method), contexts[method]
         kind = "unit" if spec.granularity == "unit" else "weight"
         ks = [spec.fixed_sparsity] if spec.fixed_sparsity is not None else list(GOALS[kind])
-        got = [measure(run.model, data, method, k, context) for k in ks]
+        got = [{**measure(run.model, data, method, k, context),
+                "calibration_size": sizes.get(method, 0)} for k in ks]
         rows += got
         line = [method] + [f"{r['accuracy']:.1f}" for r in got]
         goal = [f"{GOALS[kind].get(r['k'], float('nan')):.1f}" for r in got]

@@ -43,7 +43,6 @@ from prunelab.pruning import METHODS
 from prunelab.report.speed import plot_bench
 from prunelab.study.runfolder import load_run
 from prunelab.study.speed import NETWORK_BACKENDS, BenchConfig, run_bench
-from prunelab.study.sweep import calibration_set
 
 # Issue 3's targets: minimum speed-up of the best backend (auto) vs dense, per batch size.
 WEIGHT_TARGETS = {95.0: {1: 5, 64: 6, 1024: 4, 10000: 4}, 99.0: {1: 10, 64: 10, 1024: 8,
@@ -122,10 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     run = load_run(args.run_dir)
     needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
     data = load_dataset(run.config.dataset, args.data_dir) if needs or not args.no_check else None
-    calibration = calibration_set(data, 2048, config.seed) if needs else None
     print(f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, "
           f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
-    rows = run_bench(out, run.model, methods, sparsities, config, calibration,
+    rows = run_bench(out, run.model, methods, sparsities, config, data,
                      None if args.no_check else data.test_x,
                      on_row=lambda r: print(f"  {r['method']:>8} k={r['sparsity_pct']:<5g} "
                                             f"batch {r['batch_size']:<6} {r['backend']:<13}"

@@ -9,7 +9,13 @@ from prunelab.data import Dataset
 from prunelab.models.mlp import MLPConfig, build_mlp
 from prunelab.study.memory import PeakMemory
 from prunelab.study.runfolder import RESULT_COLUMNS
-from prunelab.study.sweep import SweepConfig, calibration_set, sweep
+from prunelab.study.sweep import (
+    SweepConfig,
+    calibration_set,
+    calibration_sizes,
+    prune_contexts,
+    sweep,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,3 +56,43 @@ def test_peak_memory_sees_torch_allocations() -> None:
     del x
     with pytest.raises(ValueError, match="interval"):
         PeakMemory(interval=0)
+
+
+def _many(n: int) -> Dataset:
+    """``n`` training images of 4 features: enough to tell calibration sizes apart cheaply."""
+    g = torch.Generator().manual_seed(1)
+    return Dataset("fashion-mnist", torch.rand(n, 4, generator=g), torch.zeros(n, dtype=torch.long),
+                   torch.rand(8, 4, generator=g), torch.zeros(8, dtype=torch.long))
+
+
+def test_each_method_gets_its_default_calibration_size_from_one_draw() -> None:
+    big = _many(10_000)
+    methods = ("weight", "wanda", "refit-gradual")
+    assert calibration_sizes(methods, 10_000) == {"wanda": 2048, "refit-gradual": 8192}
+    contexts = prune_contexts(big, methods, seed=5)
+    assert contexts["weight"].calibration is None
+    wanda, gradual = contexts["wanda"].calibration, contexts["refit-gradual"].calibration
+    assert wanda.shape == (2048, 4) and gradual.shape == (8192, 4)
+    # the first 2048 of one permutation: what a sweep of wanda alone draws, too
+    assert torch.equal(wanda, gradual[:2048])
+    assert torch.equal(wanda, prune_contexts(big, ("wanda",), seed=5)["wanda"].calibration)
+    assert torch.equal(wanda, calibration_set(big, 2048, 5))
+
+
+def test_calibration_override_and_small_training_sets() -> None:
+    assert calibration_sizes(("wanda", "refit-gradual"), 10_000, 100) == {
+        "wanda": 100, "refit-gradual": 100}
+    # defaults are capped by the training set; an explicit size is not
+    capped = calibration_sizes(("wanda", "refit-gradual"), 120)
+    assert capped == {"wanda": 120, "refit-gradual": 120}
+    with pytest.raises(ValueError, match="1..120"):
+        prune_contexts(_many(120), ("wanda",), seed=0, override=121)
+    with pytest.raises(ValueError, match="calibration size"):
+        SweepConfig(("wanda",), (0.5,), 0)
+    assert SweepConfig(("wanda",), (0.5,)).calibration_size is None
+
+
+def test_sweep_rows_record_the_calibration_size_used(data: Dataset) -> None:
+    net = build_mlp(MLPConfig(hidden=(8,)), torch.Generator().manual_seed(0))
+    rows = list(sweep(net, data, SweepConfig(("weight", "wanda"), (0.5,)), seed=0))
+    assert [(r["method"], r["calibration_size"]) for r in rows] == [("weight", 0), ("wanda", 120)]

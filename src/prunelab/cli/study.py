@@ -80,8 +80,9 @@ def _seed_options(f: Callable) -> Callable:
 
 
 def _sweep_options(f: Callable) -> Callable:
-    f = click.option("--calibration-size", type=int, default=SweepConfig.calibration_size,
-                     show_default=True, help="Training images for calibration-aware methods.")(f)
+    f = click.option("--calibration-size", type=int, default=None,
+                     help="Training images for every calibration-aware method [default: each "
+                          "method's own: 2048, refit-gradual 8192].")(f)
     f = click.option("--methods", default="weight,unit", show_default=True,
                      help=f"Comma-separated, or 'all'. Registered: {', '.join(METHODS)}.")(f)
     default = ",".join(f"{100 * s:g}" for s in DEFAULT_SPARSITIES)

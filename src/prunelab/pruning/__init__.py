@@ -67,6 +67,9 @@ class PruningMethod:
     """One line for reports and ``--help``."""
     needs_calibration: bool = False
     """Whether ``context.calibration`` must be given."""
+    calibration_size: int = 2048
+    """Training images it gets by default (when it needs calibration): enough to reach its
+    documented accuracy (docs/calibrated-pruning.md); a sweep may override it for all methods."""
     fixed_sparsity: float | None = None
     """The only sparsity the method produces (N:M patterns: 1 - N/M); None when any k works."""
 

@@ -58,7 +58,7 @@ for _method in (
                   refit_compute(sqrt_activation_score, layer_rule, steps=3, refit_output=True),
                   "per-layer |w| * sqrt(||x||) mask reached in 3 steps (75 % first), least-squares "
                   "refit after each; output layer refit to the dense logits",
-                  needs_calibration=True),
+                  needs_calibration=True, calibration_size=8192),
     PruningMethod("refit-allocated", "weight",
                   refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
                                 refit_output=True),

@@ -21,10 +21,10 @@ from prunelab.data import Dataset, load_dataset
 from prunelab.inference.compact import compact
 from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
 from prunelab.models.mlp import linear_layers
-from prunelab.pruning import METHODS, PruneContext, apply_weights, check_sparsity, prune
+from prunelab.pruning import METHODS, apply_weights, check_sparsity, prune
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, write_bench
-from prunelab.study.sweep import calibration_set
+from prunelab.study.sweep import prune_contexts
 
 __all__ = [
     "NETWORK_BACKENDS",
@@ -134,7 +134,7 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
 
 def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
               sparsities: tuple[float, ...], config: BenchConfig,
-              calibration: torch.Tensor | None = None, check_x: torch.Tensor | None = None,
+              data: Dataset | None = None, check_x: torch.Tensor | None = None,
               on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Time every backend for each method and sparsity; write ``bench.csv`` after each."""
     unknown = [m for m in methods if m not in METHODS]
@@ -146,12 +146,12 @@ def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
         log.warning(warning)
     meta = {"config": asdict(config), "environment": environment_info(),
             "load_warning": warning}
-    context = PruneContext(calibration=calibration,
-                           generator=torch.Generator().manual_seed(config.seed))
+    contexts = prune_contexts(data, methods, config.seed)
     rows: list[dict[str, Any]] = []
     for method in methods:
         for sparsity in sparsities:
-            pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+            pruned = apply_weights(model, prune(model, method, sparsity,
+                                                context=contexts[method]))
             for row in bench_pruned(model, pruned, config, check_x):
                 row = {"method": method, "sparsity_pct": round(100 * sparsity, 6), **row}
                 rows.append(row)
@@ -162,22 +162,25 @@ def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
 
 
 def pruned_from_run(run_dir: Path, method: str, sparsity: float, data: Dataset | None = None,
-                    calibration_size: int = 2048, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(trained model, its copy pruned by ``method`` at ``sparsity``) from ``run_dir``."""
+                    calibration_size: int | None = None,
+                    seed: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """(trained model, its copy pruned by ``method`` at ``sparsity``) from ``run_dir``.
+
+    By default with the run's seed and the method's calibration size, as ``prunelab sweep``
+    prunes it: the model is the one whose accuracy ``results.csv`` reports.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
     run = load_run(Path(run_dir))
-    calibration = None
     if METHODS[method].needs_calibration:
         data = data or load_dataset(run.config.dataset)
-        calibration = calibration_set(data, calibration_size, seed)
-    context = PruneContext(calibration, torch.Generator().manual_seed(seed))
+    seed = run.config.train.seed if seed is None else seed
+    context = prune_contexts(data, (method,), seed, calibration_size)[method]
     return run.model, apply_weights(run.model, prune(run.model, method, sparsity, context=context))
 
 
 def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[float, ...],
                      config: BenchConfig, data_dir: Path | None = None, check: bool = True,
-                     calibration_size: int = 2048,
                      on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """``run_bench`` on the model of ``run_dir``; with ``check``, outputs are compared with the
     masked network's on its test set. Returns the path of ``bench.csv``.
@@ -185,7 +188,6 @@ def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[
     run = load_run(Path(run_dir))
     needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
     data = load_dataset(run.config.dataset, data_dir) if check or needs else None
-    calibration = calibration_set(data, calibration_size, config.seed) if needs else None
-    run_bench(Path(run_dir), run.model, methods, sparsities, config, calibration,
+    run_bench(Path(run_dir), run.model, methods, sparsities, config, data,
               data.test_x if check else None, on_row)
     return Path(run_dir) / BENCH_CSV

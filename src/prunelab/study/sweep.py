@@ -47,7 +47,9 @@ __all__ = [
     "SweepConfig",
     "calibration_set",
     "ensure_trained",
+    "calibration_sizes",
     "method_sparsities",
+    "prune_contexts",
     "resolve_device",
     "run_sweep",
     "sweep",
@@ -66,8 +68,9 @@ class SweepConfig:
     """Names from ``prunelab.pruning.METHODS``."""
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     """Fractions in [0, 1] removed from every pruned layer."""
-    calibration_size: int = 2048
-    """Training images given to calibration-aware methods (never test images)."""
+    calibration_size: int | None = None
+    """Training images given to every calibration-aware method (never test images); None: each
+    method's own default (``PruningMethod.calibration_size``)."""
 
     def __post_init__(self) -> None:
         methods, sparsities = tuple(self.methods), tuple(self.sparsities)
@@ -82,7 +85,8 @@ class SweepConfig:
                 raise ValueError(f"repeated {name} in {list(values)}")
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "sparsities", tuple(check_sparsity(s) for s in sparsities))
-        if not isinstance(self.calibration_size, int) or self.calibration_size <= 0:
+        size = self.calibration_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
             raise ValueError(f"calibration size must be a positive integer, "
                              f"got {self.calibration_size!r}")
 
@@ -108,6 +112,30 @@ def calibration_set(data: Dataset, size: int, seed: int) -> torch.Tensor:
     return data.train_x[idx]
 
 
+def calibration_sizes(methods: tuple[str, ...], n_train: int,
+                      override: int | None = None) -> dict[str, int]:
+    """Calibration images per calibration-aware method among ``methods``: ``override`` for all,
+    else each method's default capped at the ``n_train`` training images there are."""
+    return {m: override if override is not None else min(METHODS[m].calibration_size, n_train)
+            for m in methods if METHODS[m].needs_calibration}
+
+
+def prune_contexts(data: Dataset | None, methods: tuple[str, ...], seed: int,
+                   override: int | None = None) -> dict[str, PruneContext]:
+    """One ``PruneContext`` per method, sharing one generator seeded with ``seed``.
+
+    Calibration images are the first N of one permutation of the training set drawn with
+    ``seed``, so a method given 2048 images sees the same ones whatever the others get.
+    """
+    sizes = calibration_sizes(methods, len(data.train_x), override) if data is not None else {}
+    if data is None and any(METHODS[m].needs_calibration for m in methods):
+        raise ValueError("calibration-aware methods need a dataset to draw calibration images")
+    pool = calibration_set(data, max(sizes.values()), seed) if sizes else None
+    generator = torch.Generator().manual_seed(seed)
+    return {m: PruneContext(pool[: sizes[m]] if m in sizes else None, generator)
+            for m in methods}
+
+
 def method_sparsities(method: str, config: SweepConfig) -> tuple[float, ...]:
     """The sweep's sparsities, or the method's only one (N:M patterns run once)."""
     fixed = METHODS[method].fixed_sparsity
@@ -118,13 +146,9 @@ def sweep(
     model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Yield one result row per method and sparsity, pruning and evaluating as it goes."""
-    needs_calibration = any(METHODS[m].needs_calibration for m in config.methods)
-    context = PruneContext(
-        calibration=calibration_set(data, config.calibration_size, seed)
-        if needs_calibration else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    contexts = prune_contexts(data, config.methods, seed, config.calibration_size)
     for method in config.methods:
+        context = contexts[method]
         for sparsity in method_sparsities(method, config):
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
@@ -136,6 +160,7 @@ def sweep(
             yield {
                 "method": method,
                 "granularity": METHODS[method].granularity,
+                "calibration_size": 0 if context.calibration is None else len(context.calibration),
                 "sparsity_pct": round(sparsity * 100, 6),
                 "accuracy": accuracy,
                 "loss": loss,
@@ -199,7 +224,9 @@ def run_sweep(
     meta = {
         "run": run.config.to_dict(),
         "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
-                  "calibration_size": config.calibration_size},
+                  "calibration_size": config.calibration_size,
+                  "calibration_sizes": calibration_sizes(config.methods, len(data.train_x),
+                                                         config.calibration_size)},
         "environment": environment_info(device),
         "test_size": len(data.test_x),
         "test_set": test_set_fingerprint(data),
