@@ -5,8 +5,9 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 
 from prunelab.models.mlp import MLPConfig, build_mlp, linear_layers
-from prunelab.pruning import METHODS, apply_weights, prunable_layers, prune
+from prunelab.pruning import METHODS, apply_weights, prune
 from prunelab.pruning.magnitude import percentile, unit_mask, weight_mask
+from prunelab.pruning.targets import default_layers
 
 KS = [0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
 
@@ -113,7 +114,7 @@ class UserNet(nn.Module):
 
 def test_prunes_a_users_own_module():
     net = UserNet()
-    assert prunable_layers(net) == ["encoder.1", "head.0"]
+    assert default_layers(net) == ["encoder.1", "head.0"]
     pruned = apply_weights(net, prune(net, "weight", 0.5))
     assert float((pruned.encoder[1].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     assert torch.equal(pruned.head[2].weight, net.head[2].weight)

@@ -1,7 +1,8 @@
 """Post-hoc pruning methods, a registry mapping names to them, and applying their output.
 
-Compute, then apply: a method returns new weights (torch layout, out x in) for the layers it
-prunes and never changes the model; ``apply_weights`` builds a pruned copy.
+Compute, then apply: a method returns new weights (torch layout: out x in, or a conv's
+out x in/groups x kh x kw) for the layers it prunes and never changes the model;
+``apply_weights`` builds a pruned copy. Which layers: ``pruning.targets``.
 
 >>> import torch
 >>> from prunelab.models.mlp import MLPConfig, build_mlp
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.models.mlp import linear_layers
 from prunelab.pruning.magnitude import unit_pruning, weight_pruning
+from prunelab.pruning.targets import PRUNABLE_TYPES, select_layers
 
 __all__ = [
     "GRANULARITIES",
@@ -32,7 +33,6 @@ __all__ = [
     "apply_weights",
     "check_sparsity",
     "lookup",
-    "prunable_layers",
     "prune",
     "register",
 ]
@@ -114,14 +114,6 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-def prunable_layers(model: nn.Module, include_last: bool = False) -> list[str]:
-    """Names of the ``nn.Linear`` layers to prune: all but the last unless ``include_last``."""
-    names = [name for name, _ in linear_layers(model)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to prune")
-    return names if include_last else names[:-1]
-
-
 def prune(
     model: nn.Module,
     method: str,
@@ -129,7 +121,11 @@ def prune(
     layers: list[str] | None = None,
     context: PruneContext | None = None,
 ) -> dict[str, torch.Tensor]:
-    """New weights for ``layers`` (default: every Linear but the last) pruned by ``method``."""
+    """New weights for ``layers`` pruned by ``method``.
+
+    ``layers``: names or glob patterns of ``nn.Linear`` / ``nn.Conv2d`` layers (default: every
+    one but the output layer; see ``pruning.targets.select_layers``).
+    """
     spec = lookup(method)
     sparsity = check_sparsity(sparsity)
     if spec.fixed_sparsity is not None and abs(sparsity - spec.fixed_sparsity) > 1e-9:
@@ -138,23 +134,19 @@ def prune(
     context = context or PruneContext()
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
-    linear = dict(linear_layers(model))
-    names = prunable_layers(model) if layers is None else list(layers)
-    unknown = [n for n in names if n not in linear]
-    if unknown:
-        raise ValueError(f"not nn.Linear layers of the model: {unknown}; have {sorted(linear)}")
+    names = select_layers(model, layers)
     with torch.no_grad():
         return spec.compute(model, names, sparsity, context)
 
 
 def apply_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model`` whose named Linear layers carry ``weights``."""
+    """A deep copy of ``model`` whose named Linear / Conv2d layers carry ``weights``."""
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     with torch.no_grad():
         for name, w in weights.items():
             target = modules.get(name)
-            if not isinstance(target, nn.Linear) or target.weight.shape != w.shape:
+            if not isinstance(target, PRUNABLE_TYPES) or target.weight.shape != w.shape:
                 raise ValueError(f"cannot apply a {tuple(w.shape)} weight to layer {name!r}")
             target.weight.copy_(w)
     return pruned

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunelab.pruning import PruneContext
+from prunelab.pruning.magnitude import per_unit
 
 __all__ = ["global_unit", "global_weight", "random_unit", "random_weight"]
 
@@ -50,8 +51,9 @@ def global_unit(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
     """Zero the units (rows) of smallest incoming L2 norm across all ``names`` layers."""
     weights = _weights(model, names)
-    masks = _keep_largest({n: w.double().norm(dim=1) for n, w in weights.items()}, sparsity)
-    return {n: w * masks[n][:, None] for n, w in weights.items()}
+    masks = _keep_largest({n: w.double().flatten(1).norm(dim=1) for n, w in weights.items()},
+                          sparsity)
+    return {n: w * per_unit(masks[n], w) for n, w in weights.items()}
 
 
 def _random_keep(n: int, sparsity: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -72,5 +74,5 @@ def random_weight(model: nn.Module, names: list[str], sparsity: float,
 def random_unit(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
     """Per layer, zero ``round(k * units)`` units (rows) drawn at random."""
-    return {n: w * _random_keep(len(w), sparsity, context.generator)[:, None].to(w.device)
+    return {n: w * per_unit(_random_keep(len(w), sparsity, context.generator), w).to(w.device)
             for n, w in _weights(model, names).items()}
