@@ -68,3 +68,39 @@ def test_unit_pruning_of_the_seed_mlp_counts():
     s = measure_sparsity(apply_weights(net, prune(net, "unit", 0.5)))
     # Half the units of every hidden layer remain: 784*500 + 500*500 + 500*250 + 250*100 + 100*10
     assert s.params_remaining == 392_000 + 250_000 + 125_000 + 25_000 + 1_000
+
+
+def test_conv_macs_count_output_positions_and_need_an_example():
+    net = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(),
+                        nn.Conv2d(4, 2, 3, stride=2, padding=1), nn.Flatten(),
+                        nn.Linear(2 * 3 * 3, 5))
+    with torch.no_grad():
+        net[1].weight[0] = 0  # one output channel of the first conv: 9 zero weights
+    s = measure_sparsity(net, example=torch.rand(7, 64))
+    assert [layer.positions for layer in s.layers] == [36, 9, 1]  # 6x6, 3x3 pixels; flat
+    assert [layer.shape for layer in s.layers] == [(4, 1, 3, 3), (2, 4, 3, 3), (5, 18)]
+    assert s.macs_per_sample == 27 * 36 + 72 * 9 + 90
+    # not a ReLU chain of Linear layers: only the zero weights count as dead
+    assert s.effective_sparsity == pytest.approx(9 / (36 + 72 + 90))
+    assert s.params_total == 36 + 72 + 90 + 2 + 5
+    with pytest.raises(ValueError, match="needs an example input"):
+        measure_sparsity(net)
+
+
+def test_linear_on_tokens_counts_every_token():
+    net = nn.Sequential(nn.Unflatten(1, (4, 3)), nn.Linear(3, 6), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(24, 2))
+    s = measure_sparsity(net, example=torch.rand(2, 12))
+    assert [layer.positions for layer in s.layers] == [4, 1]
+    assert s.macs_per_sample == 18 * 4 + 48
+
+
+def test_batchnorm_between_layers_stops_dead_unit_reasoning():
+    """A zeroed unit followed by BatchNorm outputs its shift, not 0: its readers stay alive."""
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2), nn.ReLU(),
+                        nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        net[3].weight.fill_(1.0)
+    s = measure_sparsity(net)
+    assert s.effective_sparsity == pytest.approx(2 / 6) == s.zero_fraction

@@ -5,6 +5,16 @@ layers with ReLU between them and no biases, a unit whose incoming weights are a
 0, so its outgoing weights are dead too; a unit whose outgoing weights are all zero is never
 read, so its incoming weights are dead. Both rules are applied until nothing changes.
 
+That reasoning is sound only for such chains (prunelab's ``MLP``, or an ``nn.Sequential`` of
+Linear layers, ReLU and Flatten). In any other model -- convs with BatchNorm, whose shift turns a
+zeroed channel into a constant; LayerNorm; residual adds that carry a channel past a zeroed
+layer; attention -- only zero weights count as dead: nothing unprovable is counted.
+
+Counts cover the prunable layers (``nn.Linear``, ``nn.Conv2d``). A layer's multiply-adds per
+sample are its live weights times its output positions (a conv's output pixels, a Linear's
+tokens): measuring a model whose layers see more than one position per sample needs an
+``example`` input, run once through the model with forward hooks.
+
 >>> import torch
 >>> from torch import nn
 >>> net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
@@ -23,39 +33,43 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.models.mlp import linear_layers
+from prunelab.models.mlp import MLP
+from prunelab.pruning.targets import as_matrix, prunable_modules
 
-__all__ = ["LayerSparsity", "SparsityStats", "effective_masks", "measure_sparsity"]
+__all__ = ["LayerSparsity", "SparsityStats", "effective_masks", "is_relu_chain", "measure_sparsity",
+           "output_positions"]
 
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """Sparsity of one Linear layer."""
+    """Sparsity of one prunable layer."""
 
     name: str
     """Qualified module name."""
-    shape: tuple[int, int]
-    """(out, in) as in torch's ``weight``."""
+    shape: tuple[int, ...]
+    """Torch's ``weight`` shape: (out, in), or a conv's (out, in/groups, kh, kw)."""
     zero_fraction: float
     """Fraction of weights equal to zero."""
     effective_sparsity: float
     """Fraction of weights that cannot change the output (zero or dead)."""
     effective_weights: int
     """Weights that can still change the output."""
+    positions: int = 1
+    """Output positions per sample the weights are applied at (a conv's pixels, tokens)."""
 
 
 @dataclass(frozen=True)
 class SparsityStats:
-    """Sparsity of every Linear layer and of the whole network."""
+    """Sparsity of every prunable layer and of the whole network."""
 
     layers: tuple[LayerSparsity, ...]
     """Per layer, in order."""
     zero_fraction: float
-    """Zero weights / all Linear weights."""
+    """Zero weights / all weights of the prunable layers."""
     effective_sparsity: float
-    """Dead-or-zero weights / all Linear weights."""
+    """Dead-or-zero weights / all weights of the prunable layers."""
     params_total: int
-    """Linear weights and biases of the dense network."""
+    """Weights and biases of the prunable layers of the dense network."""
     params_remaining: int
     """Weights and biases that can still change the output."""
     macs_per_sample: int
@@ -67,10 +81,19 @@ def _chains(layers: list[nn.Linear]) -> bool:
     return all(a.out_features == b.in_features for a, b in pairs)
 
 
+def is_relu_chain(model: nn.Module) -> bool:
+    """Whether ``model`` is known to apply its Linear layers in order with ReLU between them."""
+    if isinstance(model, MLP):
+        return True
+    return isinstance(model, nn.Sequential) and all(
+        isinstance(m, nn.Linear | nn.ReLU | nn.Flatten) for m in model)
+
+
 def effective_masks(layers: list[nn.Linear]) -> list[torch.Tensor]:
     """Per layer a bool (out, in) mask of weights that can still change the output.
 
-    Assumes the layers are applied in order with ReLU-like activations (f(0) = 0) between them.
+    Assumes the layers are applied in order with ReLU-like activations (f(0) = 0) between them
+    (see ``is_relu_chain``).
     """
     alive = [layer.weight.detach() != 0 for layer in layers]
     if not _chains(layers):
@@ -92,26 +115,59 @@ def effective_masks(layers: list[nn.Linear]) -> list[torch.Tensor]:
     return alive
 
 
-def measure_sparsity(model: nn.Module) -> SparsityStats:
-    """Zero fraction, effective sparsity, remaining parameters and MACs of ``model``."""
-    named = linear_layers(model)
+def output_positions(model: nn.Module, names: list[str],
+                     example: torch.Tensor | None) -> dict[str, int]:
+    """Per named layer, the output positions per sample (1 for a Linear on flat features)."""
+    modules = dict(model.named_modules())
+    if example is None:
+        if any(isinstance(modules[n], nn.Conv2d) for n in names):
+            raise ValueError("counting a conv's multiply-adds needs an example input: "
+                             "measure_sparsity(model, example=x)")
+        return dict.fromkeys(names, 1)
+    seen: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            # (1, C, H, W) -> H*W; (1, ..., features) -> the positions before the features.
+            dims = output.shape[2:] if isinstance(module, nn.Conv2d) else output.shape[1:-1]
+            seen[name] = seen.get(name, 0) + int(torch.Size(dims).numel())
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: seen.get(n, 0) for n in names}  # a layer the forward never reaches: 0
+
+
+def measure_sparsity(model: nn.Module, example: torch.Tensor | None = None) -> SparsityStats:
+    """Zero fraction, effective sparsity, remaining parameters and MACs of ``model``.
+
+    ``example``: a batch of model inputs (its first sample is run) to count per-position layers.
+    """
+    named = prunable_modules(model)
     if not named:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers")
+        raise ValueError(f"{type(model).__name__} has no prunable layers (nn.Linear, nn.Conv2d)")
     layers = [m for _, m in named]
-    masks = effective_masks(layers)
-    rows, zeros, dead, total, remaining = [], 0, 0, 0, 0
+    chain = is_relu_chain(model)
+    masks = effective_masks(layers) if chain else [as_matrix(m.weight.detach()) != 0
+                                                   for m in layers]
+    positions = output_positions(model, [n for n, _ in named], example)
+    rows, zeros, dead, total, remaining, macs = [], 0, 0, 0, 0, 0
     for (name, layer), mask in zip(named, masks, strict=True):
         n = layer.weight.numel()
         n_zero = int((layer.weight == 0).sum())
         n_live = int(mask.sum())
         rows.append(LayerSparsity(name, tuple(layer.weight.shape), n_zero / n, 1 - n_live / n,
-                                  n_live))
-        zeros, dead, total, remaining = (zeros + n_zero, dead + n - n_live, total + n,
-                                         remaining + n_live)
-    weights = remaining
+                                  n_live, positions[name]))
+        zeros, dead, total = zeros + n_zero, dead + n - n_live, total + n
+        remaining, macs = remaining + n_live, macs + n_live * positions[name]
     biases_total = sum(layer.bias.numel() for layer in layers if layer.bias is not None)
     # A bias still matters when its unit is read downstream (or is an output).
-    biases_live = biases_total if not _chains(layers) else sum(
+    biases_live = biases_total if not (chain and _chains(layers)) else sum(
         int(masks[i + 1].any(0).sum()) if i + 1 < len(layers) else layer.bias.numel()
         for i, layer in enumerate(layers)
         if layer.bias is not None
@@ -121,6 +177,6 @@ def measure_sparsity(model: nn.Module) -> SparsityStats:
         zero_fraction=zeros / total,
         effective_sparsity=dead / total,
         params_total=total + biases_total,
-        params_remaining=weights + biases_live,
-        macs_per_sample=weights,
+        params_remaining=remaining + biases_live,
+        macs_per_sample=macs,
     )

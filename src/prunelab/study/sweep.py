@@ -155,7 +155,7 @@ def sweep(
                 pruned = apply_weights(model, prune(model, method, sparsity, context=context))
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
-            stats = measure_sparsity(pruned)
+            stats = measure_sparsity(pruned, example=data.test_x[:1])
             log.info("%s @ %g%%: accuracy %.4f", method, sparsity * 100, accuracy)
             yield {
                 "method": method,
