@@ -6,15 +6,16 @@ report links the same names whether it shows one seed or several.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 
-from prunelab.report.plots import save_charts
-from prunelab.study.aggregate import Summary
+from prunelab.report.plots import Chart, save_charts
+from prunelab.study.aggregate import VALID_RANGE, Summary, clipped_interval
 
-__all__ = ["plot_summary"]
+__all__ = ["draw_summary", "plot_summary"]
 
 
 def _by_method(summary: Summary) -> dict[str, list[dict[str, Any]]]:
@@ -24,22 +25,52 @@ def _by_method(summary: Summary) -> dict[str, list[dict[str, Any]]]:
     return {m: sorted(rows, key=lambda r: r["sparsity_pct"]) for m, rows in out.items()}
 
 
-def _draw(ax: Axes, summary: Summary, x: str, y: str, scale: float) -> None:
+def _log_floor(summary: Summary, chart: Chart) -> float:
+    """Where a band cut at 0 ends on a log axis, which cannot show 0: half the lowest positive
+    value drawn (as in report.html); 0 when no band reaches 0 or the axis is linear."""
+    bands = [b for r in summary.rows if (b := clipped_interval(r, chart.y)) is not None]
+    if chart.axes.get("yscale") != "log" or all(low > 0 for low, _ in bands):
+        return 0.0
+    values = [r[f"{chart.y}_mean"] for r in summary.rows] + [low for low, _ in bands]
+    return min((v for v in values if v > 0), default=0.0) * chart.scale / 2
+
+
+def _band(ax: Axes, rows: list[dict[str, Any]], chart: Chart, color: str, floor: float) -> None:
+    """The interval cut at the quantity's valid range (and at ``floor``); none unless every
+    point has one."""
+    bands = [clipped_interval(r, chart.y) for r in rows]
+    if any(b is None for b in bands):
+        return
+    band = ax.fill_between([r[chart.x] for r in rows],
+                           [max(b[0] * chart.scale, floor) for b in bands],
+                           [b[1] * chart.scale for b in bands], color=color, alpha=0.2,
+                           linewidth=0)
+    # Autoscaling adds no margin past the valid range (no 105 % accuracy on the axis) and
+    # none below the floor, so that a band cut there runs to the bottom.
+    edges = [v * chart.scale for v in VALID_RANGE[chart.y] if math.isfinite(v)]
+    band.sticky_edges.y.extend([*edges, floor] if floor > 0 else edges)
+
+
+def _caption(summary: Summary) -> str:
+    if summary.max_n < 2:
+        return "one trained model per curve: no confidence bands"
+    n = sorted({r["n"] for r in summary.rows})
+    return f"mean of {'/'.join(map(str, n))} seed(s); bands: 95 % CI, cut at the valid range"
+
+
+def draw_summary(ax: Axes, summary: Summary, chart: Chart) -> None:
+    """One chart of ``plots.CHARTS``: a mean curve per method with its band, dense lines."""
+    floor = _log_floor(summary, chart)
     for method, rows in _by_method(summary).items():
-        xs = [r[x] for r in rows]
-        (line,) = ax.plot(xs, [r[f"{y}_mean"] * scale for r in rows], marker="o", ms=3,
+        (line,) = ax.plot([r[chart.x] for r in rows],
+                          [r[f"{chart.y}_mean"] * chart.scale for r in rows], marker="o", ms=3,
                           label=method)
-        if all(r[f"{y}_ci_low"] is not None for r in rows):
-            ax.fill_between(xs, [r[f"{y}_ci_low"] * scale for r in rows],
-                            [r[f"{y}_ci_high"] * scale for r in rows],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+        _band(ax, rows, chart, line.get_color(), floor)
     for dense in summary.dense:
-        value = dense[f"{y}_mean"] * scale
+        value = dense[f"{chart.y}_mean"] * chart.scale
         name = "dense" if len(summary.dense) == 1 else f"{dense['label']} dense"
         ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.4g})")
-    n = sorted({r["n"] for r in summary.rows})
-    ax.text(0.01, 0.01, f"mean of {'/'.join(map(str, n))} seed(s); bands: 95 % CI",
-            transform=ax.transAxes, fontsize=8, color="grey")
+    ax.text(0.01, 0.01, _caption(summary), transform=ax.transAxes, fontsize=8, color="grey")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -48,4 +79,4 @@ def plot_summary(summary: Summary, out_dir: Path) -> list[Path]:
     """Write every chart of ``PLOTS`` with confidence bands as PNG and SVG; returns the paths."""
     if not summary.rows:
         raise ValueError("no summary rows to plot")
-    return save_charts(lambda ax, c: _draw(ax, summary, c.x, c.y, c.scale), Path(out_dir))
+    return save_charts(lambda ax, chart: draw_summary(ax, summary, chart), Path(out_dir))

@@ -23,10 +23,12 @@ from prunelab.report.summary import (
     analysis,
     comparisons_table,
     figures_table,
+    intro,
+    paired_comparisons,
     results_table,
     title_of,
 )
-from prunelab.study.aggregate import Summary
+from prunelab.study.aggregate import Summary, clipped_interval
 
 __all__ = ["charts", "render_html", "write_html"]
 
@@ -35,41 +37,63 @@ _SIZE = {"width": 560, "height": 330}
 
 
 def _curve_data(summary: Summary) -> list[dict[str, Any]]:
+    """One point per method and k; ``<y>_low``/``<y>_high``: the interval cut at the valid
+    range (accuracy in percent), only where there is one."""
     out = []
     for r in summary.rows:
         d = {"method": r["method"], "k": r["sparsity_pct"], "n": r["n"],
              "params": r.get("params_remaining"),
              "accuracy": 100 * r["accuracy_mean"], "loss": r["loss_mean"]}
-        if r["accuracy_ci_low"] is not None:
-            d |= {"accuracy_low": 100 * r["accuracy_ci_low"],
-                  "accuracy_high": 100 * r["accuracy_ci_high"],
-                  "loss_low": r["loss_ci_low"], "loss_high": r["loss_ci_high"]}
+        for y, scale in (("accuracy", 100), ("loss", 1)):
+            if (band := clipped_interval(r, y)) is not None:
+                d |= {f"{y}_low": scale * band[0], f"{y}_high": scale * band[1]}
         out.append(d)
     return out
+
+
+def _y_scale(data: list[dict[str, Any]], y: str, log_y: bool) -> alt.Scale:
+    if not log_y:  # bands are cut at the valid range, and nice() rounds to 0 and 100 at most
+        return alt.Scale(zero=False)
+    # A log axis cannot reach 0: it starts at the lowest positive value (lower still when a
+    # band reaches 0, so that band visibly runs off the bottom) and clamps what lies below.
+    low = min((d[f] for d in data for f in (y, f"{y}_low") if d.get(f, 0) > 0), default=None)
+    if low is None:  # nothing positive to show on a log axis
+        return alt.Scale(type="log")
+    reaches_zero = any(d.get(f"{y}_low", 1) <= 0 for d in data)
+    return alt.Scale(type="log", domainMin=low / 2 if reaches_zero else low, clamp=True,
+                     nice=False)
+
+
+def _tooltip(y: str, with_ci: bool) -> list[alt.Tooltip]:
+    where = [alt.Tooltip("method:N"), alt.Tooltip("k:Q", title="k (%)")]
+    size = [alt.Tooltip("params:Q", format=",.0f")]
+    if not with_ci:  # one seed: the value itself
+        return [*where, alt.Tooltip(f"{y}:Q", format=".4f"), *size]
+    return [*where, alt.Tooltip(f"{y}:Q", format=".4f", title=f"{y} (mean)"),
+            alt.Tooltip(f"{y}_low:Q", format=".4f", title="95 % CI low"),
+            alt.Tooltip(f"{y}_high:Q", format=".4f", title="95 % CI high"),
+            alt.Tooltip("n:Q", title="seeds"), *size]
 
 
 def _curve_chart(data: list[dict[str, Any]], x: alt.X, y: str, title: str,
                  y_title: str, log_y: bool = False) -> alt.Chart | alt.LayerChart:
     pick = alt.selection_point(fields=["method"], bind="legend")
-    opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
-    scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
-    base = alt.Chart(alt.Data(values=data))
-    tooltip = [alt.Tooltip("method:N"), alt.Tooltip("k:Q", title="k (%)"),
-               alt.Tooltip(f"{y}:Q", format=".4f", title=f"{y} (mean)"),
-               alt.Tooltip(f"{y}_low:Q", format=".4f", title="95 % CI low"),
-               alt.Tooltip(f"{y}_high:Q", format=".4f", title="95 % CI high"),
-               alt.Tooltip("n:Q", title="seeds"), alt.Tooltip("params:Q", format=",.0f")]
-    line = base.mark_line(point=True).encode(
-        x=x, y=alt.Y(f"{y}:Q", title=y_title, scale=scale), color=alt.Color("method:N"),
-        opacity=opacity, tooltip=tooltip).add_params(pick)
+    scale = _y_scale(data, y, log_y)
     with_ci = [d for d in data if f"{y}_low" in d]
+    line = alt.Chart(alt.Data(values=data)).mark_line(point=True).encode(
+        x=x, y=alt.Y(f"{y}:Q", title=y_title, scale=scale), color=alt.Color("method:N"),
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+        tooltip=_tooltip(y, bool(with_ci))).add_params(pick)
     if not with_ci:  # one seed: no interval, no band (an empty band makes Vega warn)
         return line.properties(title=title, **_SIZE)
     band = alt.Chart(alt.Data(values=with_ci)).mark_area().encode(
         x=x, y=alt.Y(f"{y}_low:Q", scale=scale), y2=f"{y}_high:Q",
         color=alt.Color("method:N", legend=None),  # the legend shows the lines' symbols
         opacity=alt.condition(pick, alt.value(0.2), alt.value(0.03)))
-    return alt.layer(band, line).properties(title=title, **_SIZE)
+    # A shared legend would be dropped altogether for the band's legend=None: keep the
+    # line's own legend (the colour scale itself stays shared).
+    return alt.layer(band, line).resolve_legend(color="independent").properties(
+        title=title, **_SIZE)
 
 
 def _comparison_chart(summary: Summary) -> alt.LayerChart | None:
@@ -163,9 +187,8 @@ pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; }}
 </head>
 <body>
 <h1>{title}</h1>
-<p>Every figure is the mean over seeds ± the half-width of its 95 % Student-t confidence
-interval; bands on the charts are those intervals. Click a legend entry to highlight one
-method (shift-click for several); hover a point for its values.</p>
+<p>{intro} Click a legend entry to highlight one method (shift-click for several); hover a
+point for its values.</p>
 <h2>Results</h2>
 <div class="charts">{chart_divs}</div>
 {results_table}
@@ -174,10 +197,7 @@ method (shift-click for several); hover a point for its values.</p>
 Largest k within 1 point: the largest measured k whose accuracy is at least the same model's
 dense accuracy minus 1 point.</p>
 {figures_table}
-<h2>Paired comparisons</h2>
-<p>Difference a − b in test accuracy, seed by seed; <em>a &gt; b</em> when the whole 95 %
-interval is above 0.</p>
-{comparisons_table}
+{comparisons}
 <h2>Analysis</h2>
 <ul>{analysis}</ul>
 <h2>Configuration</h2>
@@ -203,6 +223,15 @@ for (const [id, spec] of Object.entries(specs)) {{
 """
 
 
+def _comparisons(summary: Summary) -> str:
+    """The paired-comparisons section; none without pairs that share two seeds or more."""
+    if not paired_comparisons(summary):
+        return ""
+    return ("<h2>Paired comparisons</h2>\n<p>Difference a − b in test accuracy, seed by seed; "
+            "<em>a &gt; b</em> when the whole 95 % interval is above 0 (pairs that share fewer "
+            f"than two seeds are left out).</p>\n{_table(comparisons_table(summary))}")
+
+
 def render_html(summary: Summary, title: str | None = None) -> str:
     """The complete, self-contained HTML page."""
     specs = charts(summary)
@@ -212,11 +241,12 @@ def render_html(summary: Summary, title: str | None = None) -> str:
     config = {k: v for k, v in summary.meta.items() if k != "environment"}
     return _PAGE.format(
         title=html.escape(title),
+        intro=_inline(intro(summary)),
         bundle=_vega_bundle(),
         chart_divs="".join(f'<div class="chart" id="{name}"></div>' for name in specs),
         results_table=_table(results_table(summary)),
         figures_table=_table(figures_table(summary)),
-        comparisons_table=_table(comparisons_table(summary)),
+        comparisons=_comparisons(summary),
         analysis="".join(f"<li>{_inline(line)}</li>" for line in analysis(summary)),
         config=html.escape(json.dumps(config, indent=2)),
         environment=html.escape(json.dumps(environment, indent=2)),

@@ -1,7 +1,8 @@
-"""``report.md`` of a multi-seed run (or several runs): every figure as mean ± 95 % CI.
+"""``report.md`` of a summary: one run over one or more seeds, or several runs compared.
+With several seeds every figure is a mean ± 95 % CI; with one seed it is that model's value.
 
 Reads the summary only; never touches a model. The tables and sentences here are shared with
-the HTML report (``htmlreport.py``).
+the HTML report (``html.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "comparisons_table",
     "figures_table",
     "fmt",
+    "intro",
+    "paired_comparisons",
     "render_summary_report",
     "results_table",
     "title_of",
@@ -67,25 +70,32 @@ def results_table(summary: Summary) -> Table:
     return headers, body
 
 
+def _k_range(m: dict[str, Any]) -> str:
+    return f"{m['k_within_1pt_min']:g}–{m['k_within_1pt_max']:g}" if "k_within_1pt_min" in m else ""
+
+
 def figures_table(summary: Summary) -> Table:
-    """Per method: AUC and the largest k within 1 point of dense."""
-    headers = ["method", "AUC (acc. vs sparsity, %)", "largest k within 1 pt of dense (%)",
-               "k range over seeds"]
-    body = []
-    for m in summary.methods:
-        span = (f"{m['k_within_1pt_min']:g}–{m['k_within_1pt_max']:g}"
-                if "k_within_1pt_min" in m else "")
-        body.append([m["method"], fmt(m, "auc", 100), fmt(m, "k_within_1pt", 1, 1), span])
-    return headers, body
+    """Per method: AUC and the largest k within 1 point of dense (and its range over seeds)."""
+    headers = ["method", "AUC (acc. vs sparsity, %)", "largest k within 1 pt of dense (%)"]
+    body = [[m["method"], fmt(m, "auc", 100), fmt(m, "k_within_1pt", 1, 1)]
+            for m in summary.methods]
+    if summary.max_n < 2:  # one seed: a range over seeds would repeat the value
+        return headers, body
+    return [*headers, "k range over seeds"], [
+        [*line, _k_range(m)] for line, m in zip(body, summary.methods, strict=True)]
+
+
+def paired_comparisons(summary: Summary) -> list[dict[str, Any]]:
+    """Comparisons with an interval: pairs of curves that share at least two seeds."""
+    return [c for c in summary.comparisons if c["diff_ci_low"] is not None]
 
 
 def comparisons_table(summary: Summary) -> Table:
     """Paired differences a - b over the same seeds, in accuracy points (AUC in %)."""
     headers = ["a", "b", "k (%)", "n", "a - b (points)", "95 % CI", "verdict"]
     body = []
-    for c in summary.comparisons:
-        low, high = c["diff_ci_low"], c["diff_ci_high"]
-        ci = f"[{100 * low:+.2f}, {100 * high:+.2f}]" if low is not None else "n/a"
+    for c in paired_comparisons(summary):
+        ci = f"[{100 * c['diff_ci_low']:+.2f}, {100 * c['diff_ci_high']:+.2f}]"
         k = c["sparsity_pct"] if isinstance(c["sparsity_pct"], str) else f"{c['sparsity_pct']:g}"
         body.append([c["a"], c["b"], k, str(c["diff_n"]), f"{100 * c['diff_mean']:+.2f}", ci,
                      c["verdict"]])
@@ -115,38 +125,79 @@ def _pair_sentence(a: str, b: str, rows: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _dense_sentence(summary: Summary, d: dict[str, Any]) -> str:
+    of = f" of {d['label']}" if len(summary.dense) > 1 else ""
+    over = (f"over {d['n']} seeds" if d["n"] > 1 else
+            f"seed {summary.seeds[0]}" if len(summary.dense) == 1 else "one seed")
+    return f"- Dense accuracy{of} ({over}): {fmt(d, 'accuracy', 100)} %."
+
+
+def _method_sentence(m: dict[str, Any]) -> str:
+    spread = (f" (seeds: {_k_range(m)} %)" if m.get("k_within_1pt_n", 1) > 1 else "")
+    return (f"- **{m['method']}**: AUC {fmt(m, 'auc', 100)} %; the largest k within 1 point of "
+            f"dense is {fmt(m, 'k_within_1pt', 1, 1)} %{spread}.")
+
+
 def analysis(summary: Summary) -> list[str]:
     """Sentences that follow from the numbers, one markdown bullet each."""
-    lines = []
-    for d in summary.dense:
-        lines.append(f"- Dense accuracy of {d['label']} over {d['n']} seed(s): "
-                     f"{fmt(d, 'accuracy', 100)} %.")
-    if max((d["n"] for d in summary.dense), default=1) < 2:
-        lines.append("- One seed only: no intervals and no significance statements; run with "
-                     "`--seeds 0,1,2,3,4` for them.")
-    for m in summary.methods:
-        if "k_within_1pt_mean" in m:
-            lines.append(f"- **{m['method']}**: AUC {fmt(m, 'auc', 100)} %; the largest k within "
-                         f"1 point of dense is {fmt(m, 'k_within_1pt', 1, 1)} % "
-                         f"(seeds: {m['k_within_1pt_min']:g}–{m['k_within_1pt_max']:g} %).")
+    lines = [_dense_sentence(summary, d) for d in summary.dense]  # intro() tells of one seed
+    lines += [_method_sentence(m) for m in summary.methods if "k_within_1pt_mean" in m]
     pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for c in summary.comparisons:
+    for c in paired_comparisons(summary):
         pairs.setdefault((c["a"], c["b"]), []).append(c)
-    if max((d["n"] for d in summary.dense), default=1) >= 2:
-        lines += [_pair_sentence(a, b, rows) for (a, b), rows in list(pairs.items())[:6]]
-    return lines
+    return lines + [_pair_sentence(a, b, rows) for (a, b), rows in list(pairs.items())[:6]]
 
 
 def _md(table: Table) -> str:
     return tabulate(table[1], table[0], tablefmt="github", disable_numparse=True)
 
 
+def _model_name(model: dict[str, Any]) -> str:
+    """``MLP 784-32-16-10`` from a run's model config (the widths it records)."""
+    if "hidden" not in model:
+        return ""
+    sizes = [model.get("input_size"), *model["hidden"], model.get("num_classes")]
+    return "MLP " + "-".join(str(s) for s in sizes if s is not None)
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """``seed 0`` or ``seeds 0, 1, 2``."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def title_of(summary: Summary) -> str:
-    """``prunelab report: <dataset>, seeds 0, 1, 2``, or the compared runs' names."""
+    """``prunelab report: <dataset> · MLP 784-32-16-10 · seed 0`` (or ``· seeds 0, 1, 2``),
+    or the compared runs' names."""
     if "runs" in summary.meta:
         return f"prunelab comparison: {', '.join(summary.meta['runs'])}"
-    dataset = summary.meta.get("run", {}).get("dataset", "?")
-    return f"prunelab report: {dataset}, seeds {', '.join(map(str, summary.seeds))}"
+    run = summary.meta.get("run", {})
+    parts = [run.get("dataset", "?"), _model_name(run.get("model") or {}),
+             _seed_list(summary.seeds)]
+    return "prunelab report: " + " · ".join(p for p in parts if p)
+
+
+def intro(summary: Summary) -> str:
+    """What the figures are: one trained model's values, or means with 95 % intervals."""
+    if summary.max_n < 2:
+        what = "one trained model" if len(summary.dense) == 1 else "one trained model per run"
+        return (f"Every figure comes from {what} ({_seed_list(summary.seeds)}): single values "
+                "without confidence intervals, and no paired comparisons between methods, "
+                "which need at least two seeds (run with `--seeds 0,1,2,3,4` for them).")
+    text = ("Every figure is the mean over seeds ± the half-width of its 95 % Student-t "
+            "confidence interval; the bands on the charts are those intervals, cut at what the "
+            "quantity can be (accuracy 0–100 %, loss ≥ 0).")
+    if any(d["n"] < 2 for d in summary.dense):
+        text += " Runs with one seed show that model's values, without an interval."
+    return text
+
+
+def _comparisons_section(summary: Summary) -> list[str]:
+    if not paired_comparisons(summary):
+        return []
+    return ["## Paired comparisons", "",
+            "Difference a - b in test accuracy, seed by seed; *a > b* when the whole 95 % "
+            "interval is above 0 (pairs that share fewer than two seeds are left out).", "",
+            _md(comparisons_table(summary)), ""]
 
 
 def render_summary_report(summary: Summary, plot_dir: str = "plots") -> str:
@@ -155,8 +206,7 @@ def render_summary_report(summary: Summary, plot_dir: str = "plots") -> str:
     return "\n".join([
         f"# {title_of(summary)}",
         "",
-        "Every figure is the mean over seeds ± the half-width of its 95 % Student-t confidence "
-        "interval. Interactive version: [report.html](report.html).",
+        f"{intro(summary)} Interactive version: [report.html](report.html).",
         "",
         *bullet_section("Configuration",
                         {k: v for k, v in meta.items() if k != "environment"}),
@@ -173,13 +223,7 @@ def render_summary_report(summary: Summary, plot_dir: str = "plots") -> str:
         "",
         _md(figures_table(summary)),
         "",
-        "## Paired comparisons",
-        "",
-        "Difference a - b in test accuracy, seed by seed; *a > b* when the whole 95 % interval "
-        "is above 0.",
-        "",
-        _md(comparisons_table(summary)),
-        "",
+        *_comparisons_section(summary),
         "## Analysis",
         "",
         *analysis(summary),

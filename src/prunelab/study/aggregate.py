@@ -15,12 +15,23 @@ from typing import Any
 from prunelab.study.runfolder import Results
 from prunelab.study.stats import Estimate, auc, estimate, paired_difference
 
-__all__ = ["Curve", "Summary", "curves_from_results", "flat", "summarize", "verdict"]
+__all__ = [
+    "VALID_RANGE",
+    "Curve",
+    "Summary",
+    "clipped_interval",
+    "curves_from_results",
+    "flat",
+    "summarize",
+    "verdict",
+]
 
 # Result columns averaged over seeds without an interval (they barely vary, or not at all).
 MEAN_COLUMNS = ("zero_fraction", "effective_sparsity", "params_remaining", "params_total",
                 "macs_per_sample", "seconds")
 WITHIN = 0.01  # "within 1 point of dense": accuracy >= dense - 0.01
+VALID_RANGE = {"accuracy": (0.0, 1.0), "loss": (0.0, math.inf)}
+"""Values each measured quantity can take (accuracy as a fraction, cross-entropy)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,11 @@ class Summary:
     meta: dict[str, Any]
     """Run configuration (without the seed), sweep, environment, test set."""
 
+    @property
+    def max_n(self) -> int:
+        """The most seeds behind any run's curves: below 2 there is no interval anywhere."""
+        return max((d["n"] for d in self.dense), default=0)
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -68,6 +84,20 @@ class Summary:
 def flat(prefix: str, e: Estimate) -> dict[str, Any]:
     """``accuracy``, Estimate -> ``{"accuracy_mean": ..., "accuracy_ci_low": ..., ...}``."""
     return {f"{prefix}_{k}": v for k, v in e.to_dict().items()}
+
+
+def clipped_interval(row: dict[str, Any], quantity: str) -> tuple[float, float] | None:
+    """The confidence interval of ``quantity`` in ``row`` cut at ``VALID_RANGE``, for drawing
+    (a t-interval over few seeds can pass 100 % accuracy or a loss of 0); None for one seed.
+
+    >>> clipped_interval({"accuracy_ci_low": 0.9, "accuracy_ci_high": 1.04}, "accuracy")
+    (0.9, 1.0)
+    """
+    low, high = row.get(f"{quantity}_ci_low"), row.get(f"{quantity}_ci_high")
+    if low is None or high is None:
+        return None
+    floor, ceiling = VALID_RANGE[quantity]
+    return max(low, floor), min(high, ceiling)
 
 
 def curves_from_results(results: dict[int, Results], prefix: str = "") -> dict[str, list[Curve]]:
