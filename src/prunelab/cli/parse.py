@@ -5,11 +5,17 @@ The command line takes percents and comma-separated lists; the library takes fra
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from typing import Any
+
 from prunelab.inference.timing import check_batch_size
 from prunelab.pruning import METHODS
 from prunelab.study.multiseed import check_seeds
 
-__all__ = ["parse_batch_sizes", "parse_hidden", "parse_methods", "parse_percents", "parse_seeds"]
+__all__ = ["model_config", "parse_batch_sizes", "parse_hidden", "parse_methods",
+           "parse_model_options", "parse_percents", "parse_seeds"]
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
@@ -59,3 +65,49 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
         raise ValueError(f"--batch-sizes must be comma-separated positive integers, got {text!r}")
     sizes = tuple(int(p) for p in parts)
     return tuple(check_batch_size(b) for b in sizes)
+
+
+def parse_model_options(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``("widths=16,32,64", "pool=mean")`` -> {"widths": "16,32,64", "pool": "mean"}."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not value.strip():
+            raise ValueError(f"--model-opt takes KEY=VALUE, got {pair!r}")
+        if key in options:
+            raise ValueError(f"--model-opt {key} given twice")
+        options[key] = value.strip()
+    return options
+
+
+def _typed(key: str, text: str, hint: Any) -> Any:
+    """``text`` converted to the field type ``hint`` (int, float, bool, str, tuple[int, ...])."""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_typed(key, part.strip(), item) for part in text.split(",") if part.strip())
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # e.g. int | None
+        if text.lower() == "none":
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"model option {key} takes true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    try:
+        return hint(text)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(hint, hint.__name__)
+        raise ValueError(f"model option {key} takes {kind}, got {text!r}") from None
+
+
+def model_config(config_type: type, options: dict[str, str]) -> Any:
+    """``config_type`` built from text ``options`` (its defaults for the rest), each converted
+    to its field's type; an unknown key is an error that lists the known ones."""
+    hints = typing.get_type_hints(config_type)
+    known = [f.name for f in dataclasses.fields(config_type)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown} for {config_type.__name__}; "
+                         f"known: {', '.join(known)}")
+    return config_type(**{k: _typed(k, v, hints[k]) for k, v in options.items()})

@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 from tqdm import tqdm
 
-from prunelab.cli.parse import parse_hidden, parse_methods, parse_percents, parse_seeds
+from prunelab.cli.parse import (
+    model_config,
+    parse_hidden,
+    parse_methods,
+    parse_model_options,
+    parse_percents,
+    parse_seeds,
+)
 from prunelab.data import DATASETS, load_dataset
-from prunelab.models.mlp import MLPConfig
+from prunelab.models import MODELS, MLPConfig
 from prunelab.pruning import METHODS
 from prunelab.report.writer import write_all, write_run_reports, write_seed_report
 from prunelab.study.compare import compare_runs
@@ -44,17 +52,25 @@ def _train_options(f: Callable) -> Callable:
     options = [
         click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="fashion-mnist",
                      show_default=True),
-        click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True),
+        click.option("--model", "family", type=click.Choice(list(MODELS)), default="mlp",
+                     show_default=True, help="Model family of the zoo."),
+        click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
+                     help="A model option, e.g. widths=16,32,64 for resnet (repeatable); "
+                          "see the family's config in prunelab.models."),
+        click.option("--epochs", type=int, default=None,
+                     help="[default: the model's recipe: mlp 30, lenet5 10, resnet 8, vit 8]"),
         click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
-        click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True),
-        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True),
-        click.option("--hidden", default=",".join(map(str, MLPConfig.hidden)), show_default=True,
-                     help="Hidden layer widths, comma-separated."),
-        click.option("--bias/--no-bias", default=False, show_default=True,
-                     help="Give Linear layers biases (the original has none)."),
+        click.option("--batch-size", type=int, default=None, help="[default: the recipe's]"),
+        click.option("--lr", type=float, default=None, help="[default: the recipe's]"),
+        click.option("--hidden", default=None,
+                     help="mlp: hidden layer widths, comma-separated "
+                          f"[default: {','.join(map(str, MLPConfig.hidden))}]."),
+        click.option("--bias/--no-bias", default=None,
+                     help="mlp: give Linear layers biases (the original has none)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Run folder [default: runs/<dataset>-seed<seed>, or "
-                          "runs/<dataset>-<n>seeds with several --seeds]."),
+                          "runs/<dataset>-<n>seeds with several --seeds; other models than "
+                          "mlp add their name: runs/<dataset>-<model>-seed<seed>]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -80,6 +96,9 @@ def _seed_options(f: Callable) -> Callable:
 
 
 def _sweep_options(f: Callable) -> Callable:
+    f = click.option("--bn-recalibrate/--no-bn-recalibrate", "bn_recalibrate", default=None,
+                     help="Re-estimate BatchNorm statistics of every pruned model on calibration "
+                          "images (forward passes only) [default: for models with BatchNorm].")(f)
     f = click.option("--calibration-size", type=int, default=None,
                      help="Training images for every calibration-aware method [default: each "
                           "method's own: 2048, refit-gradual 8192].")(f)
@@ -90,14 +109,30 @@ def _sweep_options(f: Callable) -> Callable:
                         help="Percent of each hidden layer to prune.")(f)
 
 
-def _run_config(dataset: str, epochs: int, seed: int, batch_size: int, lr: float, hidden: str,
-                bias: bool) -> RunConfig:
-    return RunConfig(dataset, MLPConfig(hidden=parse_hidden(hidden), bias=bias),
-                     TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+def _run_config(dataset: str, family: str, model_opts: tuple[str, ...], epochs: int | None,
+                seed: int, batch_size: int | None, lr: float | None, hidden: str | None,
+                bias: bool | None) -> RunConfig:
+    options = parse_model_options(model_opts)
+    if hidden is not None:
+        parse_hidden(hidden)  # its own message: --hidden takes positive integers
+    shorthands = {"hidden": hidden, "bias": None if bias is None else str(bias)}
+    for key, value in shorthands.items():
+        if value is None:
+            continue
+        if family != "mlp":
+            raise ValueError(f"--{key} is an mlp option; for --model {family} use "
+                             f"--model-opt KEY=VALUE")
+        if key in options:
+            raise ValueError(f"{key} given twice: as --{key} and as --model-opt")
+        options[key] = value
+    recipe = MODELS[family].recipe
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    train = replace(recipe, seed=seed, **{k: v for k, v in given.items() if v is not None})
+    return RunConfig(dataset, model_config(MODELS[family].config_type, options), train, family)
 
 
 def _train(config: RunConfig, out: Path | None, data_dir: Path | None, device: str):
-    run_dir = out or Path("runs") / f"{config.dataset}-seed{config.train.seed}"
+    run_dir = out or default_run_dir(config.dataset, (config.train.seed,), config.family)
     dev = resolve_device(device)
     data = load_dataset(config.dataset, data_dir)
     steps = config.train.epochs * -(-len(data.train_x) // config.train.batch_size)
@@ -160,15 +195,17 @@ def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
 @_seed_options
 @_sweep_options
 @_common_options
-def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text, workers,
-        sparsities, methods, calibration_size, device, data_dir) -> None:
+def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text,
+        workers, sparsities, methods, calibration_size, bn_recalibrate, device,
+        data_dir) -> None:
     """Train (unless already trained), sweep every method and sparsity, plot, report."""
     seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
-    config = _run_config(dataset, epochs, seeds[0], batch_size, lr, hidden, bias)
+    config = _run_config(dataset, family, model_opts, epochs, seeds[0], batch_size, lr, hidden,
+                         bias)
     sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
-                               calibration_size)
+                               calibration_size, bn_recalibrate)
     if len(seeds) > 1:
-        run_dir = out or default_run_dir(dataset, seeds)
+        run_dir = out or default_run_dir(dataset, seeds, family)
         _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device), workers)
         _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
         return
@@ -180,10 +217,11 @@ def run(dataset, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text, wo
 @click.command()
 @_train_options
 @_common_options
-def train(dataset, epochs, seed, batch_size, lr, hidden, bias, out, device, data_dir) -> None:
+def train(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias, out, device,
+          data_dir) -> None:
     """Train a model into a run folder (reused when already trained the same way)."""
-    _train(_run_config(dataset, epochs, seed, batch_size, lr, hidden, bias), out, data_dir,
-           device)
+    _train(_run_config(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias),
+           out, data_dir, device)
 
 
 def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
@@ -203,14 +241,15 @@ def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
 @_seed_options
 @_sweep_options
 @_common_options
-def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, device,
-          data_dir) -> None:
+def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, bn_recalibrate,
+          device, data_dir) -> None:
     """Prune the model in RUN_DIR with every method at every sparsity; write results.
 
     On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
     the summary over seeds is written.
     """
-    config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size)
+    config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size,
+                         bn_recalibrate)
     if seed_dirs(run_dir):
         _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
         write_summary(run_dir, summarize_run(run_dir))

@@ -17,7 +17,7 @@ from prunelab.report.plots import PLOTS
 from prunelab.report.speed import bench_section
 from prunelab.study.runfolder import Results
 
-__all__ = ["analysis", "bullet_section", "render_report", "write_report"]
+__all__ = ["analysis", "bullet_section", "model_name", "render_report", "write_report"]
 
 REPORT = "report.md"
 
@@ -187,9 +187,23 @@ def _settings_line(settings: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in settings.items())
 
 
-def _model_line(model: dict) -> str:
+def model_name(run: dict) -> str:
+    """A run's model in a few words: ``MLP 784-32-16-10``, or ``resnet (widths 16,32,64, ...)``."""
+    family, model = run.get("family", "mlp"), run.get("model", {})
+    if family == "mlp" and "hidden" in model:
+        sizes = [model.get("input_size"), *model["hidden"], model.get("num_classes")]
+        return "MLP " + "-".join(str(s) for s in sizes if s is not None)
+    options = ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                        for k, v in model.items())
+    return f"{family} ({options})" if options else family
+
+
+def _model_line(run: dict) -> str:
+    model = run.get("model", {})
     if not model:
         return "?"
+    if run.get("family", "mlp") != "mlp":
+        return model_name(run)
     sizes = [model["input_size"], *model["hidden"], model["num_classes"]]
     return (" → ".join(map(str, sizes)) + ", ReLU, "
             + ("with biases" if model.get("bias") else "no biases"))
@@ -200,7 +214,8 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
     run = results.meta.get("run", {})
     env = results.meta.get("environment", {})
     lines = [
-        f"# prunelab report: {run.get('dataset', '?')}, seed {run.get('train', {}).get('seed')}",
+        f"# prunelab report: {run.get('dataset', '?')} · {model_name(run)} · "
+        f"seed {run.get('train', {}).get('seed')}",
         "",
         f"Dense test accuracy **{_pct(results.dense['accuracy'])}**, "
         f"loss {results.dense['loss']:.4f}.",
@@ -208,10 +223,11 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         "## Configuration",
         "",
         f"- dataset: {run.get('dataset')}",
-        f"- model: {_model_line(run.get('model', {}))}",
+        f"- model: {_model_line(run)}",
         f"- training: {_settings_line(run.get('train', {}))}",
         f"- sweep: {_settings_line(results.meta.get('sweep', {}))}",
-        "- pruned layers: every Linear layer but the last, each at sparsity k",
+        "- pruned layers: every Linear and Conv2d layer but the output layer, each at "
+        "sparsity k",
         "",
         *bullet_section("Environment", env),
         *_history(results),

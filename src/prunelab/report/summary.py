@@ -14,7 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from prunelab.files import atomic_write
-from prunelab.report.markdown import bullet_section
+from prunelab.report.markdown import bullet_section, model_name
 from prunelab.report.plots import PLOTS
 from prunelab.study.aggregate import Summary
 
@@ -152,14 +152,6 @@ def _md(table: Table) -> str:
     return tabulate(table[1], table[0], tablefmt="github", disable_numparse=True)
 
 
-def _model_name(model: dict[str, Any]) -> str:
-    """``MLP 784-32-16-10`` from a run's model config (the widths it records)."""
-    if "hidden" not in model:
-        return ""
-    sizes = [model.get("input_size"), *model["hidden"], model.get("num_classes")]
-    return "MLP " + "-".join(str(s) for s in sizes if s is not None)
-
-
 def _seed_list(seeds: list[int]) -> str:
     """``seed 0`` or ``seeds 0, 1, 2``."""
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
@@ -171,7 +163,7 @@ def title_of(summary: Summary) -> str:
     if "runs" in summary.meta:
         return f"prunelab comparison: {', '.join(summary.meta['runs'])}"
     run = summary.meta.get("run", {})
-    parts = [run.get("dataset", "?"), _model_name(run.get("model") or {}),
+    parts = [run.get("dataset", "?"), model_name(run) if run.get("model") else "",
              _seed_list(summary.seeds)]
     return "prunelab report: " + " · ".join(p for p in parts if p)
 

@@ -52,11 +52,13 @@ def check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def default_run_dir(dataset: str, seeds: tuple[int, ...]) -> Path:
-    """``runs/<dataset>-seed<k>`` for one seed, ``runs/<dataset>-<n>seeds`` for several."""
+def default_run_dir(dataset: str, seeds: tuple[int, ...], family: str = "mlp") -> Path:
+    """``runs/<dataset>-seed<k>`` for one seed, ``runs/<dataset>-<n>seeds`` for several; a
+    model family other than the seed's ``mlp`` adds its name: ``runs/<dataset>-<family>-...``."""
+    stem = dataset if family == "mlp" else f"{dataset}-{family}"
     if len(seeds) == 1:
-        return Path("runs") / f"{dataset}-seed{seeds[0]}"
-    return Path("runs") / f"{dataset}-{len(seeds)}seeds"
+        return Path("runs") / f"{stem}-seed{seeds[0]}"
+    return Path("runs") / f"{stem}-{len(seeds)}seeds"
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:

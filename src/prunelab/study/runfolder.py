@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from torch import nn
 
 from prunelab.data import DATASETS
 from prunelab.files import atomic_write
-from prunelab.models import MLP, MLPConfig, build_model
+from prunelab.models import MODELS, MLPConfig, build_model
 from prunelab.train import EpochStats, TrainConfig
 
 __all__ = [
@@ -61,24 +62,41 @@ class RunConfig:
 
     dataset: str = "fashion-mnist"
     """A key of ``prunelab.data.DATASETS``."""
-    model: MLPConfig = field(default_factory=MLPConfig)
-    """Network shape."""
+    model: Any = field(default_factory=MLPConfig)
+    """The network's options: an instance of ``MODELS[family].config_type``."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training recipe and seed."""
+    family: str = "mlp"
+    """A key of ``prunelab.models.MODELS``."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.family not in MODELS:
+            raise ValueError(f"unknown model {self.family!r}; choose from {sorted(MODELS)}")
+        wanted = MODELS[self.family].config_type
+        if not isinstance(self.model, wanted):
+            raise TypeError(f"model {self.family!r} takes a {wanted.__name__}, "
+                            f"got {type(self.model).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"]["hidden"] = list(self.model.hidden)
-        return d
+        return {"dataset": self.dataset, "family": self.family,
+                "model": _plain(asdict(self.model)), "train": asdict(self.train)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        model = dict(d["model"], hidden=tuple(d["model"]["hidden"]))
-        return cls(d["dataset"], MLPConfig(**model), TrainConfig(**d["train"]))
+        """Inverse of ``to_dict``; folders written before model families read as ``mlp``."""
+        family = d.get("family", "mlp")
+        if family not in MODELS:
+            raise ValueError(f"unknown model {family!r}; choose from {sorted(MODELS)}")
+        model = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}
+        return cls(d["dataset"], MODELS[family].config_type(**model), TrainConfig(**d["train"]),
+                   family)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists: what JSON writes and ``from_dict`` turns back into tuples."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass(frozen=True)
@@ -86,7 +104,7 @@ class Run:
     """A trained model with its config and history, as loaded from a run folder."""
 
     config: RunConfig
-    model: MLP
+    model: nn.Module
     history: list[dict[str, float]]
 
 
@@ -139,7 +157,7 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
 
 
-def save_run(run_dir: Path, config: RunConfig, model: MLP, history: list[EpochStats]) -> None:
+def save_run(run_dir: Path, config: RunConfig, model: nn.Module, history: list[EpochStats]) -> None:
     """Save a freshly trained model; the config is written last and marks the model complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG).unlink(missing_ok=True)  # a model without its config is never reused
@@ -172,7 +190,7 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"{run_dir / CONFIG}: not a prunelab run config ({e})") from None
     if not (run_dir / MODEL).is_file():
         raise FileNotFoundError(f"{run_dir} holds no trained model ({MODEL} is missing)")
-    model = build_model("mlp", config.model)
+    model = build_model(config.family, config.model)
     try:
         model.load_state_dict(safetensors.torch.load_file(run_dir / MODEL))
     except (RuntimeError, OSError) as e:

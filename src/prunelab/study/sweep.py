@@ -27,6 +27,7 @@ from prunelab.pruning import (
     lookup,
     prune,
 )
+from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.memory import PeakMemory
 from prunelab.study.runfolder import (
@@ -47,6 +48,7 @@ __all__ = [
     "SweepConfig",
     "calibration_set",
     "ensure_trained",
+    "bn_recalibrates",
     "calibration_sizes",
     "method_sparsities",
     "prune_contexts",
@@ -58,6 +60,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SPARSITIES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+BN_CALIBRATION_SIZE = 2048
+"""Training images BatchNorm statistics are re-estimated on (unless a calibration size is set)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class SweepConfig:
     calibration_size: int | None = None
     """Training images given to every calibration-aware method (never test images); None: each
     method's own default (``PruningMethod.calibration_size``)."""
+    bn_recalibrate: bool | None = None
+    """Re-estimate BatchNorm statistics of each pruned model on calibration images (forward
+    passes only); None: when the model has BatchNorm."""
 
     def __post_init__(self) -> None:
         methods, sparsities = tuple(self.methods), tuple(self.sparsities)
@@ -142,17 +149,36 @@ def method_sparsities(method: str, config: SweepConfig) -> tuple[float, ...]:
     return config.sparsities if fixed is None else (fixed,)
 
 
+def bn_recalibrates(model: nn.Module, config: SweepConfig) -> bool:
+    """Whether a sweep of ``model`` re-estimates BatchNorm statistics after pruning."""
+    if config.bn_recalibrate is None:
+        return has_batchnorm(model)
+    return config.bn_recalibrate
+
+
+def _bn_inputs(model: nn.Module, data: Dataset, config: SweepConfig,
+               seed: int) -> torch.Tensor | None:
+    """Calibration images for BatchNorm re-estimation (the calibration draw), or None."""
+    if not bn_recalibrates(model, config):
+        return None
+    size = config.calibration_size or min(BN_CALIBRATION_SIZE, len(data.train_x))
+    return calibration_set(data, size, seed)
+
+
 def sweep(
     model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Yield one result row per method and sparsity, pruning and evaluating as it goes."""
     contexts = prune_contexts(data, config.methods, seed, config.calibration_size)
+    bn_inputs = _bn_inputs(model, data, config, seed)
     for method in config.methods:
         context = contexts[method]
         for sparsity in method_sparsities(method, config):
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
                 pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+                if bn_inputs is not None:
+                    pruned = recalibrate_batchnorm(pruned, bn_inputs)
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
             stats = measure_sparsity(pruned, example=data.test_x[:1])
@@ -161,6 +187,7 @@ def sweep(
                 "method": method,
                 "granularity": METHODS[method].granularity,
                 "calibration_size": 0 if context.calibration is None else len(context.calibration),
+                "bn_recalibrated": bn_inputs is not None,
                 "sparsity_pct": round(sparsity * 100, 6),
                 "accuracy": accuracy,
                 "loss": loss,
@@ -188,7 +215,8 @@ def ensure_trained(
     """
     if has_trained_model(run_dir, config):
         return load_run(run_dir), False
-    model = build_model("mlp", config.model, torch.Generator().manual_seed(config.train.seed))
+    model = build_model(config.family, config.model,
+                        torch.Generator().manual_seed(config.train.seed))
     history = train(model, data, config.train, device, on_step)
     model.cpu()
     save_run(run_dir, config, model, history)
@@ -226,7 +254,8 @@ def run_sweep(
         "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
                   "calibration_size": config.calibration_size,
                   "calibration_sizes": calibration_sizes(config.methods, len(data.train_x),
-                                                         config.calibration_size)},
+                                                         config.calibration_size),
+                  "bn_recalibrate": bn_recalibrates(run.model, config)},
         "environment": environment_info(device),
         "test_size": len(data.test_x),
         "test_set": test_set_fingerprint(data),

@@ -1,0 +1,80 @@
+"""Every zoo family through the CLI: train, sweep, report, with model options and BatchNorm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunelab.study.runfolder import load_results, load_run
+
+from ..conftest import assert_one_line_error, invoke
+
+FAST = ["--epochs", "1", "--batch-size", "128", "--device", "cpu", "--sparsities", "0,50,90"]
+FAMILIES = {
+    "lenet5": [],
+    "resnet": ["--model-opt", "widths=4,8", "--model-opt", "blocks_per_stage=1"],
+    "vit": ["--model-opt", "dim=16", "--model-opt", "depth=1", "--model-opt", "heads=2",
+            "--model-opt", "mlp_dim=32"],
+}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_trains_sweeps_and_reports(family, tiny_data_dir, tmp_path):
+    out = tmp_path / family
+    result = invoke("run", "--model", family, *FAMILIES[family], *FAST,
+                    "--methods", "weight,unit,global-weight,random-unit",
+                    "--data-dir", tiny_data_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["family"] == family
+    run = load_run(out)
+    assert type(run.model).__name__ == {"lenet5": "LeNet5", "resnet": "ResNet",
+                                        "vit": "VisionTransformer"}[family]
+    results = load_results(out)
+    assert len(results.rows) == 4 * 3
+    by_k = {(r["method"], r["sparsity_pct"]): r for r in results.rows}
+    *pruned, head = by_k[("weight", 90)]["layers"]  # every layer but the output layer
+    assert all(layer["zero_fraction"] == pytest.approx(0.9, abs=0.03) for layer in pruned)
+    assert head["zero_fraction"] < 0.01
+    assert by_k[("weight", 0)]["zero_fraction"] < 0.01
+    # MACs count every output position: far more than the weights for conv nets and tokens
+    assert by_k[("weight", 0)]["macs_per_sample"] > by_k[("weight", 0)]["params_total"]
+    assert all(r["bn_recalibrated"] == (family == "resnet") for r in results.rows)
+    assert results.meta["sweep"]["bn_recalibrate"] == (family == "resnet")
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+def test_recipe_defaults_and_overrides(tiny_data_dir, tmp_path):
+    out = tmp_path / "lenet"
+    result = invoke("train", "--model", "lenet5", "--epochs", "1", "--lr", "0.002",
+                    "--device", "cpu", "--data-dir", tiny_data_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert train["epochs"] == 1 and train["lr"] == 0.002
+    assert train["batch_size"] == 128 and train["optimizer"] == "adam"
+
+
+def test_bn_recalibration_can_be_turned_off(tiny_data_dir, tmp_path):
+    out = tmp_path / "resnet"
+    result = invoke("run", "--model", "resnet", *FAMILIES["resnet"], *FAST, "--methods",
+                    "weight", "--no-bn-recalibrate", "--data-dir", tiny_data_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    results = load_results(out)
+    assert not any(r["bn_recalibrated"] for r in results.rows)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--model", "alexnet"], "alexnet"),
+    (["--model", "resnet", "--model-opt", "depth=3"], "unknown model option(s) ['depth']"),
+    (["--model", "resnet", "--model-opt", "widths=a,b"], "widths takes an integer"),
+    (["--model", "resnet", "--model-opt", "widths"], "KEY=VALUE"),
+    (["--model", "vit", "--hidden", "32"], "--hidden is an mlp option"),
+    (["--model", "vit", "--model-opt", "dim=30"], "dim"),
+])
+def test_bad_model_options_fail_in_one_line(args, match, tiny_data_dir, tmp_path):
+    result = invoke("train", *args, "--epochs", "1", "--data-dir", tiny_data_dir,
+                    "--out", tmp_path / "x")
+    assert_one_line_error(result, match)
+    assert not (tmp_path / "x").exists()
