@@ -178,11 +178,17 @@ def has_trained_model(run_dir: Path, config: RunConfig) -> bool:
         return False
 
 
-def load_run(run_dir: Path) -> Run:
-    """The trained model of ``run_dir`` with its config and history."""
+def _existing(run_dir: Path) -> Path:
+    """``run_dir`` as a Path, or FileNotFoundError when there is no such folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    return run_dir
+
+
+def load_run(run_dir: Path) -> Run:
+    """The trained model of ``run_dir`` with its config and history."""
+    run_dir = _existing(run_dir)
     raw = _read_json(run_dir / CONFIG, "trained model")
     try:
         config = RunConfig.from_dict(raw)
@@ -202,20 +208,22 @@ def load_run(run_dir: Path) -> Run:
 def write_results(run_dir: Path, dense: dict[str, float], rows: list[dict[str, Any]],
                   meta: dict[str, Any]) -> None:
     """Write ``results.csv`` and ``results.json`` atomically (called after every row)."""
+    _write_json(run_dir / RESULTS_JSON, {"dense": dense, "rows": rows, "meta": meta})
+    atomic_write(run_dir / RESULTS_CSV, _csv(rows, RESULT_COLUMNS))
+
+
+def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """``rows`` as CSV text with ``columns`` (other keys of a row are left out)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_json(run_dir / RESULTS_JSON, {"dense": dense, "rows": rows, "meta": meta})
-    atomic_write(run_dir / RESULTS_CSV, buf.getvalue())
+    return buf.getvalue()
 
 
 def load_results(run_dir: Path) -> Results:
     """The sweep results saved in ``run_dir``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    run_dir = _existing(run_dir)
     raw = _read_json(run_dir / RESULTS_JSON, "sweep results (run `prunelab sweep` first)")
     try:
         return Results(raw["dense"], raw["rows"], raw["meta"])
@@ -225,13 +233,8 @@ def load_results(run_dir: Path) -> Results:
 
 def write_bench(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Write ``bench.csv`` and ``bench.json`` atomically (called after every method and k)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=BENCH_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     _write_json(Path(run_dir) / BENCH_JSON, {"rows": rows, "meta": meta})
-    atomic_write(Path(run_dir) / BENCH_CSV, buf.getvalue())
+    atomic_write(Path(run_dir) / BENCH_CSV, _csv(rows, BENCH_COLUMNS))
 
 
 def read_bench(run_dir: Path) -> list[dict[str, Any]]:
