@@ -24,7 +24,8 @@ FAMILIES = {
 def test_each_family_trains_sweeps_and_reports(family, tiny_data_dir, tmp_path):
     out = tmp_path / family
     result = invoke("run", "--model", family, *FAMILIES[family], *FAST,
-                    "--methods", "weight,unit,global-weight,random-unit",
+                    "--methods", "weight,unit,global-weight,random-unit,wanda,refit-gradual",
+                    "--calibration-size", "64",
                     "--data-dir", tiny_data_dir, "--out", out)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
@@ -33,7 +34,7 @@ def test_each_family_trains_sweeps_and_reports(family, tiny_data_dir, tmp_path):
     assert type(run.model).__name__ == {"lenet5": "LeNet5", "resnet": "ResNet",
                                         "vit": "VisionTransformer"}[family]
     results = load_results(out)
-    assert len(results.rows) == 4 * 3
+    assert len(results.rows) == 6 * 3
     by_k = {(r["method"], r["sparsity_pct"]): r for r in results.rows}
     *pruned, head = by_k[("weight", 90)]["layers"]  # every layer but the output layer
     assert all(layer["zero_fraction"] == pytest.approx(0.9, abs=0.03) for layer in pruned)

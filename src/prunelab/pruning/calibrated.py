@@ -1,14 +1,19 @@
-"""Shared machinery of the calibration-aware methods: activations, Gram matrices, masked refits.
+"""Shared machinery of the calibration-aware methods: layer inputs, Gram matrices, masked refits.
 
-Calibration-aware methods treat the model as a chain of ``nn.Linear`` layers applied in order with
-ReLU between them (``models.mlp.MLP``). They process layers in order, so each layer sees the
-inputs the *already pruned* network gives it (``x_pruned``) next to the dense network's inputs
-(``x_dense``). Linear algebra runs in float64; Gram matrices are damped so that dead (all-zero)
-inputs never make a system singular.
+Calibration-aware methods process the pruned layers in the order the forward pass reaches them,
+so each layer sees the inputs the *already pruned* network gives it (X_p) next to the dense
+network's inputs (X_d). A step gets them as second moments (``LayerInputs.gram``, ``cross``,
+``norms``). For any model they come from forward hooks on the real model (``pruning.capture``:
+a conv's input unfolded, one pass per layer over the calibration set, nothing but the Gram
+matrices kept). For a chain of ``nn.Linear`` layers with ReLU between them (``models.mlp.MLP``)
+the activations are propagated directly and also kept as rows (``x_dense``, ``x_pruned``),
+which the unit methods need. Linear algebra runs in float64; Gram matrices are damped so that
+dead (all-zero) inputs never make a system singular.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,14 +22,19 @@ from torch import nn
 
 from prunelab.models.mlp import linear_layers
 from prunelab.pruning import PruneContext
+from prunelab.pruning.capture import capture_grams, forward_order
+from prunelab.pruning.sparsity import is_relu_chain
+from prunelab.pruning.targets import as_matrix
 
 __all__ = [
     "DAMPING",
     "LayerInputs",
     "chain",
+    "damped",
     "damped_gram",
     "keep_count",
     "masked_lstsq",
+    "model_inputs",
     "refit_targets",
     "sequential",
     "spd_inverse",
@@ -39,22 +49,40 @@ _CHUNK_ROWS = 64  # rows solved together: <= 64 x 500 x 500 float64 (128 MiB) fo
 
 @dataclass(frozen=True)
 class LayerInputs:
-    """One layer's weight and the calibration inputs it receives."""
+    """One layer's weight and what it receives over the calibration set."""
 
     name: str
     """Qualified module name."""
     weight: torch.Tensor
-    """Current weight (out, in), float64: dense, or already refit by an earlier step."""
+    """Current weight (out, fan_in), float64: dense, or already refit by an earlier step (a
+    conv's weight seen as (out, in * kh * kw))."""
     dense_weight: torch.Tensor
-    """The model's own weight (out, in), float64."""
-    x_dense: torch.Tensor
-    """(N, in) inputs in the dense network."""
-    x_pruned: torch.Tensor
-    """(N, in) inputs in the network pruned so far."""
+    """The model's own weight (out, fan_in), float64."""
+    gram: torch.Tensor
+    """(fan_in, fan_in) ``X_p^T X_p / N``: inputs in the network pruned so far (undamped)."""
+    cross: torch.Tensor
+    """(fan_in, fan_in) ``X_d^T X_p / N``: dense-network rows against pruned-network rows."""
+    norms: torch.Tensor
+    """(fan_in,) ``||x_j||``: the L2 norm of each input feature of X_p over its N rows."""
+    x_dense: torch.Tensor | None = None
+    """(N, in) rows in the dense network, where they are kept (Linear chains only)."""
+    x_pruned: torch.Tensor | None = None
+    """(N, in) rows in the network pruned so far, where they are kept."""
+
+    @classmethod
+    def from_rows(cls, name: str, weight: torch.Tensor, dense_weight: torch.Tensor,
+                  x_dense: torch.Tensor, x_pruned: torch.Tensor) -> LayerInputs:
+        """From the rows themselves (kept too)."""
+        xd, xp = x_dense.double(), x_pruned.double()
+        return cls(name, weight, dense_weight, xp.T @ xp / len(xp), xd.T @ xp / len(xp),
+                   xp.norm(dim=0), x_dense, x_pruned)
 
 
 def chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The model's Linear layers, checked to form an MLP chain (each feeds the next)."""
+    if not is_relu_chain(model):
+        raise ValueError(f"this method needs an MLP (Linear layers with ReLU between them, "
+                         f"like prunelab's mlp); a {type(model).__name__} is not one")
     layers = linear_layers(model)
     for (a, la), (b, lb) in zip(layers[:-1], layers[1:], strict=True):
         if la.out_features != lb.in_features:
@@ -89,7 +117,57 @@ StepFn = Callable[[LayerInputs], torch.Tensor]
 
 def sequential(model: nn.Module, names: list[str], context: PruneContext,
                step: StepFn) -> dict[str, torch.Tensor]:
-    """Prune ``names`` in network order with ``step``, feeding each the pruned network's inputs."""
+    """Prune ``names`` in network order with ``step``, feeding each the pruned network's inputs.
+
+    Returns {name: new weight} in each layer's own shape and dtype.
+    """
+    if is_relu_chain(model):
+        return _sequential_chain(model, names, context, step)
+    return _sequential_hooks(model, names, context, step)
+
+
+def model_inputs(model: nn.Module, context: PruneContext) -> torch.Tensor:
+    """``context.calibration`` on the model's device, checked to run through ``model``."""
+    x = context.calibration
+    if x is None:
+        raise ValueError("this method needs calibration data (PruneContext.calibration)")
+    if not isinstance(x, torch.Tensor) or len(x) == 0:
+        raise ValueError("calibration data must be a non-empty tensor of model inputs (N, ...)")
+    param = next(model.parameters())
+    x = x.to(param.device, param.dtype)
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"calibration data of shape {tuple(x.shape)} does not fit the model: "
+                         f"{first}") from None
+    return x
+
+
+def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
+                      step: StepFn) -> dict[str, torch.Tensor]:
+    """Any model: per layer (forward order), Gram matrices from hooks on both networks."""
+    dense = copy.deepcopy(model).eval()  # eval: BatchNorm must not move; the input is untouched
+    x = model_inputs(dense, context)
+    pruned = copy.deepcopy(dense)
+    modules = dict(pruned.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for name in forward_order(dense, names, x[:1]):
+        layer = modules[name]
+        grams = capture_grams(dense, pruned, name, x)
+        w = as_matrix(layer.weight.detach()).double()
+        new = step(LayerInputs(name, w, w, grams.gram, grams.cross,
+                               (grams.gram.diagonal().clamp_min(0) * grams.count).sqrt()))
+        out[name] = new.reshape(layer.weight.shape).to(layer.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(out[name])
+    return out
+
+
+def _sequential_chain(model: nn.Module, names: list[str], context: PruneContext,
+                      step: StepFn) -> dict[str, torch.Tensor]:
+    """A Linear chain with ReLU between layers: activations propagated directly."""
     layers = chain(model)
     x_dense = x_pruned = calibration_inputs(model, context)
     out: dict[str, torch.Tensor] = {}
@@ -98,7 +176,7 @@ def sequential(model: nn.Module, names: list[str], context: PruneContext,
         dense = layer.weight.detach().double()
         new = dense
         if name in names:
-            new = step(LayerInputs(name, dense, dense, x_dense, x_pruned))
+            new = step(LayerInputs.from_rows(name, dense, dense, x_dense, x_pruned))
             out[name] = new.to(layer.weight.dtype)
             todo.discard(name)
         if not todo:
@@ -117,7 +195,12 @@ def spd_inverse(gram: torch.Tensor) -> torch.Tensor:
 def damped_gram(x: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
     """(in, in) float64 ``x.T @ x / N`` plus ``damping`` x its mean diagonal (never singular)."""
     x = x.double()
-    g = x.T @ x / len(x)
+    return damped(x.T @ x / len(x), damping)
+
+
+def damped(gram: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """A float64 copy of ``gram`` plus ``damping`` x its mean diagonal (never singular)."""
+    g = gram.double().clone()
     ridge = damping * float(g.diagonal().mean()) + 1e-10
     g.diagonal().add_(ridge)
     return g

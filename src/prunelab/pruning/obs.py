@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunelab.pruning import PruneContext
-from prunelab.pruning.calibrated import LayerInputs, damped_gram, sequential, spd_inverse
+from prunelab.pruning.calibrated import LayerInputs, damped, sequential, spd_inverse
 from prunelab.pruning.nm import nm_mask
 
 __all__ = ["BLOCK", "sparsegpt_compute", "sparsegpt_layer"]
@@ -72,7 +72,7 @@ def sparsegpt_compute(pattern: tuple[int, int] | None = None):
     """A registry ``compute`` running SparseGPT layer by layer (``pattern``: N:M or None)."""
 
     def step(inp: LayerInputs, sparsity: float) -> torch.Tensor:
-        return sparsegpt_layer(inp.weight, damped_gram(inp.x_pruned), sparsity, pattern)
+        return sparsegpt_layer(inp.weight, damped(inp.gram), sparsity, pattern)
 
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:

@@ -21,14 +21,13 @@ from torch import nn
 from prunelab.pruning import PruneContext
 from prunelab.pruning.calibrated import (
     LayerInputs,
-    chain,
-    damped_gram,
+    damped,
     keep_count,
     masked_lstsq,
-    refit_targets,
     sequential,
     topk_mask,
 )
+from prunelab.pruning.targets import prunable_modules
 from prunelab.pruning.wanda import MaskRule, per_row_rule
 
 __all__ = [
@@ -45,20 +44,20 @@ Allocation = Callable[[nn.Module, list[str], float, PruneContext], dict[str, flo
 """(model, names, overall sparsity, context) -> {layer: its sparsity}."""
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(weight (out, in), inputs x (N, in)) -> (out, in) scores; larger is kept."""
+"""(weight (out, in), input norms ||x_j|| (in,)) -> (out, in) scores; larger is kept."""
 
 REFIT_DAMPING = 1e-3
 """Gram damping for refits (fraction of the mean diagonal): small, the fit should be close."""
 
 
-def magnitude_score(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def magnitude_score(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """``|W|``, ignoring the data (the original method's score)."""
     return weight.double().abs()
 
 
-def sqrt_activation_score(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def sqrt_activation_score(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """``|W| * sqrt(||x_j||)``: between magnitude and Wanda; measured best for gradual refits."""
-    return weight.double().abs() * x.double().norm(dim=0).sqrt()[None, :]
+    return weight.double().abs() * norms.double().sqrt()[None, :]
 
 
 def layer_rule(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -83,13 +82,13 @@ def schedule(sparsity: float, steps: int) -> list[float]:
 def refit_layer(inp: LayerInputs, sparsity: float, score: ScoreFn, rule: MaskRule,
                 steps: int = 1) -> torch.Tensor:
     """New weight (out, in) for one layer: mask by ``score``/``rule``, refit; ``steps`` rounds."""
-    gram = damped_gram(inp.x_pruned, REFIT_DAMPING)
-    rhs = refit_targets(inp.dense_weight, inp.x_dense, inp.x_pruned)
+    gram = damped(inp.gram, REFIT_DAMPING)
+    rhs = inp.dense_weight.double() @ inp.cross  # refit_targets, from the Gram form
     w = inp.weight.double()
     mask = torch.ones_like(w, dtype=torch.bool)
     for k in schedule(sparsity, steps):
         # Only weights still kept compete: the masks are nested.
-        scores = torch.where(mask, score(w, inp.x_pruned), -torch.inf)
+        scores = torch.where(mask, score(w, inp.norms), -torch.inf)
         mask = rule(scores, k) & mask
         w = masked_lstsq(gram, rhs, mask)
     return w
@@ -108,9 +107,10 @@ def refit_compute(score: ScoreFn, rule: MaskRule = per_row_rule, steps: int = 1,
         ks = allocate(model, names, sparsity, context) if allocate else dict.fromkeys(names,
                                                                                       sparsity)
         todo = list(names)
-        if refit_output and chain(model)[-1][0] not in todo:
-            todo.append(chain(model)[-1][0])
-            ks[todo[-1]] = 0.0
+        output = prunable_modules(model)[-1][0]
+        if refit_output and output not in todo:
+            todo.append(output)
+            ks[output] = 0.0
         return sequential(model, todo, context,
                           lambda inp: refit_layer(inp, ks[inp.name], score, rule, steps))
 

@@ -26,16 +26,16 @@ def per_row_rule(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return topk_mask(scores, keep_count(scores.shape[1], sparsity))
 
 
-def wanda_scores(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(out, in) ``|W| * ||x_j||``: x (N, in) are the layer's calibration inputs."""
-    return weight.double().abs() * x.double().norm(dim=0)[None, :]
+def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(out, in) ``|W| * ||x_j||``: ``norms`` (in,) of the layer's calibration inputs."""
+    return weight.double().abs() * norms.double()[None, :]
 
 
 def wanda_compute(rule: MaskRule = per_row_rule):
     """A registry ``compute`` applying Wanda's score with ``rule`` (per row, or N:M)."""
 
     def step(inp: LayerInputs, sparsity: float) -> torch.Tensor:
-        return inp.weight * rule(wanda_scores(inp.weight, inp.x_pruned), sparsity)
+        return inp.weight * rule(wanda_scores(inp.weight, inp.norms), sparsity)
 
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:

@@ -1,0 +1,120 @@
+"""Calibration-aware methods on any module: hooks and Gram matrices instead of a Linear chain."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.models.mlp import MLPConfig, build_mlp
+from prunelab.pruning import PruneContext, apply_weights, prune
+from prunelab.pruning.capture import capture_grams, forward_order
+
+from .test_targets import ResidualNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Wrapped(nn.Module):
+    """An MLP inside a user's module: not a chain the library recognises, so hooks are used."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.body = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _mlp() -> nn.Module:
+    return build_mlp(MLPConfig(input_size=20, hidden=(24, 16), num_classes=5),
+                     torch.Generator().manual_seed(0))
+
+
+def _calibration(n: int, *shape: int) -> torch.Tensor:
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "refit-magnitude", "refit-gradual",
+                                    "wanda-2:4", "sparsegpt-2:4"])
+def test_hooks_reproduce_the_chain_path_on_an_mlp(method: str) -> None:
+    mlp, x = _mlp(), _calibration(300, 20)
+    context = PruneContext(calibration=x)
+    k = 0.5 if method.endswith("2:4") else 0.7
+    chain = prune(mlp, method, k, context=context)
+    hooks = prune(Wrapped(mlp), method, k, layers=None, context=context)
+    assert sorted(hooks) == sorted(f"body.{n}" for n in chain)
+    for name, w in chain.items():
+        got = hooks[f"body.{name}"]
+        assert torch.equal(got != 0, w != 0), name  # the same mask
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_grams_equal_the_unfolded_inputs() -> None:
+    net, x = ResidualNet(), _calibration(20, 64)
+    grams = capture_grams(net.eval(), net, "block.0", x, batch_size=7)
+    with torch.no_grad():
+        h = torch.relu(net.bn0(net.stem(x.reshape(-1, 1, 8, 8))))  # block.0's input
+    rows = F.unfold(h, 3, padding=1).transpose(1, 2).reshape(-1, 8 * 9).double()
+    assert grams.count == 20 * 64
+    torch.testing.assert_close(grams.gram, rows.T @ rows / len(rows), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grams.cross, grams.gram)  # dense and pruned are one network here
+
+
+def test_layers_are_processed_in_forward_order() -> None:
+    net = ResidualNet()
+    assert forward_order(net, ["head", "block.0", "stem"], torch.rand(1, 64)) == [
+        "stem", "block.0", "head"]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "refit-magnitude", "refit-wanda",
+                                    "refit-gradual", "wanda-2:4", "refit-2:4"])
+def test_weight_methods_prune_a_residual_batchnorm_net(method: str) -> None:
+    torch.manual_seed(0)
+    net = ResidualNet().eval()
+    x = _calibration(64, 64)
+    k = 0.5 if method.endswith("2:4") else 0.6
+    layers = ["stem", "block.0"]
+    weights = prune(net, method, k, layers=layers, context=PruneContext(calibration=x))
+    assert set(layers) <= set(weights)
+    for name in layers:
+        w = weights[name]
+        assert w.shape == dict(net.named_modules())[name].weight.shape
+        assert float((w == 0).float().mean()) == pytest.approx(k, abs=0.06)
+    pruned = apply_weights(net, weights)
+    assert torch.isfinite(pruned(x)).all()
+
+
+def test_refits_reproduce_the_dense_network_better_than_magnitude() -> None:
+    torch.manual_seed(0)
+    net = ResidualNet().eval()
+    x = _calibration(128, 64)
+    with torch.no_grad():
+        dense = net(x)
+    context = PruneContext(calibration=x)
+    errors = {}
+    for method in ("weight", "refit-magnitude", "sparsegpt"):
+        weights = prune(net, method, 0.7, layers=["stem", "block.0"], context=context)
+        with torch.no_grad():
+            errors[method] = float((apply_weights(net, weights)(x) - dense).pow(2).mean())
+    assert errors["refit-magnitude"] < errors["weight"]
+    assert errors["sparsegpt"] < errors["weight"]
+
+
+def test_calibration_of_the_wrong_shape_is_named() -> None:
+    with pytest.raises(ValueError, match=r"calibration data of shape \(5, 63\) does not fit"):
+        prune(ResidualNet(), "wanda", 0.5, layers=["stem"],
+              context=PruneContext(calibration=torch.rand(5, 63)))
+
+
+def test_unit_methods_still_need_an_mlp() -> None:
+    with pytest.raises(ValueError, match="needs an MLP.*ResidualNet"):
+        prune(ResidualNet(), "unit-obs", 0.5, layers=["stem"],
+              context=PruneContext(calibration=torch.rand(5, 64)))
+
+
+def test_grouped_convs_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="groups=1.*groups=2"):
+        prune(ResidualNet(), "wanda", 0.5, layers=["block.3"],
+              context=PruneContext(calibration=torch.rand(5, 64)))
