@@ -6,6 +6,7 @@ computed so far in ``results.csv``/``results.json``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -53,8 +54,10 @@ __all__ = [
     "method_sparsities",
     "prune_contexts",
     "resolve_device",
+    "describe_model",
     "run_sweep",
     "sweep",
+    "sweep_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,7 +180,7 @@ def sweep(
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
                 pruned = apply_weights(model, prune(model, method, sparsity, context=context))
-                if bn_inputs is not None:
+                if bn_inputs is not None and sparsity > 0:  # k = 0 stays the dense model
                     pruned = recalibrate_batchnorm(pruned, bn_inputs)
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
@@ -187,7 +190,7 @@ def sweep(
                 "method": method,
                 "granularity": METHODS[method].granularity,
                 "calibration_size": 0 if context.calibration is None else len(context.calibration),
-                "bn_recalibrated": bn_inputs is not None,
+                "bn_recalibrated": bn_inputs is not None and sparsity > 0,
                 "sparsity_pct": round(sparsity * 100, 6),
                 "accuracy": accuracy,
                 "loss": loss,
@@ -223,13 +226,14 @@ def ensure_trained(
     return load_run(run_dir), True
 
 
-def _rows_to_keep(run_dir: Path, run_config: RunConfig, config: SweepConfig) -> list[dict]:
+def _rows_to_keep(run_dir: Path, run_meta: dict[str, Any],
+                  config: SweepConfig) -> list[dict]:
     """Earlier rows of the same model that this sweep does not recompute."""
     try:
         earlier = load_results(run_dir)
     except (FileNotFoundError, ValueError):
         return []
-    if earlier.meta.get("run") != run_config.to_dict():
+    if earlier.meta.get("run") != run_meta:
         return []  # results of another model: stale
     redo = {(m, round(s * 100, 6)) for m in config.methods for s in method_sparsities(m, config)}
     return [r for r in earlier.rows if (r["method"], r["sparsity_pct"]) not in redo]
@@ -246,27 +250,60 @@ def run_sweep(
     """Sweep the model saved in ``run_dir``; results are rewritten after every row."""
     run = load_run(run_dir)
     data = data if data is not None else load_dataset(run.config.dataset, data_dir)
-    model = run.model.to(device)
+    return sweep_model(run.model, data, run_dir, config, run.config.train.seed, device, on_row,
+                       run_meta=run.config.to_dict(), history=run.history)
+
+
+def describe_model(model: nn.Module, dataset: str, seed: int) -> dict[str, Any]:
+    """``results.json``'s ``run`` entry for a model prunelab did not build or train (``seed``:
+    the sweep's, which draws the calibration images)."""
+    return {"dataset": dataset, "family": "custom",
+            "model": {"class": type(model).__name__,
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "train": {"trained": "outside prunelab", "seed": seed}}
+
+
+def sweep_model(
+    model: nn.Module,
+    data: Dataset,
+    run_dir: Path,
+    config: SweepConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    run_meta: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
+) -> Results:
+    """Sweep any trained ``model`` on ``data`` into ``run_dir`` (``results.csv``/``.json``,
+    rewritten after every row); ``model`` itself is never changed.
+
+    ``run_meta`` describes the model (default: ``describe_model``); rows of an earlier sweep of
+    the same model that this one does not recompute are kept. The reports
+    (``prunelab.report.writer.write_run_reports``) read only what this writes.
+    """
+    run_dir = Path(run_dir)
+    model = copy.deepcopy(model).to(device).eval()
+    run_meta = run_meta if run_meta is not None else describe_model(model, data.name, seed)
     data_on_device = Dataset(data.name, data.train_x.to(device), data.train_y.to(device),
                              data.test_x.to(device), data.test_y.to(device))
     meta = {
-        "run": run.config.to_dict(),
+        "run": run_meta,
         "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
                   "calibration_size": config.calibration_size,
                   "calibration_sizes": calibration_sizes(config.methods, len(data.train_x),
                                                          config.calibration_size),
-                  "bn_recalibrate": bn_recalibrates(run.model, config)},
+                  "bn_recalibrate": bn_recalibrates(model, config), "seed": seed},
         "environment": environment_info(device),
         "test_size": len(data.test_x),
         "test_set": test_set_fingerprint(data),
-        "history": run.history,
+        "history": history or [],
     }
     accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)
     dense = {"accuracy": accuracy, "loss": loss}
-    rows = _rows_to_keep(Path(run_dir), run.config, config)
-    for row in sweep(model, data_on_device, config, run.config.train.seed):
+    rows = _rows_to_keep(run_dir, run_meta, config)
+    for row in sweep(model, data_on_device, config, seed):
         rows.append(row)
-        write_results(Path(run_dir), dense, rows, meta)
+        write_results(run_dir, dense, rows, meta)
         if on_row is not None:
             on_row(row)
     return Results(dense, rows, meta)
