@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Chromium for the report.html browser check
-# (tests/test_report_html.py, skipped where it is missing). Idempotent; needs root for apt-get.
+# (tests/report/test_html.py, skipped where it is missing). Idempotent; needs root for apt-get.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then
     exit 0
