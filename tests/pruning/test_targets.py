@@ -7,7 +7,8 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from prunelab.pruning import METHODS, apply_weights, prune
+from prunelab.pruning import METHODS, PruneContext, apply_weights, prune
+from prunelab.pruning.coupling import coupled_layers
 from prunelab.pruning.targets import as_matrix, default_layers, prunable_modules, select_layers
 
 
@@ -100,8 +101,10 @@ def test_grouped_conv_units_are_output_channels() -> None:
                                     "random-weight", "random-unit"])
 def test_data_free_methods_prune_a_residual_batchnorm_net(method: str) -> None:
     net = _net()
-    weights = prune(net, method, 0.5)
-    assert sorted(weights) == ["block.0", "block.3", "stem"]
+    weights = prune(net, method, 0.5, context=PruneContext(example=torch.rand(1, 64)))
+    # stem and block.3 write the same channels (the residual add): units only inside the block
+    unit = METHODS[method].granularity == "unit"
+    assert sorted(weights) == (["block.0"] if unit else ["block.0", "block.3", "stem"])
     pruned = apply_weights(net, weights)
     total = sum(w.numel() for w in weights.values())
     zeros = sum(int((w == 0).sum()) for w in weights.values())
@@ -115,3 +118,27 @@ def test_data_free_methods_prune_a_residual_batchnorm_net(method: str) -> None:
 def test_apply_weights_refuses_a_wrong_shape_for_a_conv() -> None:
     with pytest.raises(ValueError, match="cannot apply a \\(8, 9\\) weight to layer 'stem'"):
         apply_weights(_net(), {"stem": torch.zeros(8, 9)})
+
+
+def test_unit_defaults_follow_the_coupling_of_the_graph() -> None:
+    net, x = _net(), torch.rand(1, 64)
+    groups = coupled_layers(net, x)
+    assert groups["stem"] == groups["block.3"] == ("stem", "block.3")
+    assert groups["block.0"] == ("block.0",) and groups["head"] == ("head",)
+    with pytest.raises(ValueError, match="needs an example input"):
+        prune(net, "unit", 0.5)
+    named = prune(net, "unit", 0.5, layers=["stem"])  # named layers are pruned as asked
+    assert sorted(named) == ["stem"]
+
+
+def test_zoo_unit_layers_are_block_internal_channels_and_mlp_hidden_units() -> None:
+    from prunelab.models import MODELS, build_model
+
+    def units(name: str) -> list[str]:
+        net = build_model(name, MODELS[name].config_type(), torch.Generator().manual_seed(0))
+        return sorted(prune(net, "unit", 0.5, context=PruneContext(
+            example=torch.rand(1, 784))))
+
+    assert units("resnet") == ["stages.0.0.conv1", "stages.1.0.conv1", "stages.2.0.conv1"]
+    assert units("vit") == [f"blocks.{i}.mlp.fc1" for i in range(4)]
+    assert units("lenet5") == ["conv1", "conv2", "fc1", "fc2"]

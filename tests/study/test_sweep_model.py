@@ -17,19 +17,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyResNet(nn.Module):
-    """None of the zoo's: a conv, one residual block with BatchNorm, a pooled head."""
+    """None of the zoo's: a conv, one residual block (two convs, BatchNorm), a pooled head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(1, 6, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(6)
-        self.conv = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(6, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(6)
         self.head = nn.Linear(6, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn(self.stem(x.reshape(-1, 1, 28, 28))))
-        h = torch.relu(h + self.bn2(self.conv(h)))
+        inner = torch.relu(self.bn1(self.conv1(h)))  # the block's own channels
+        h = torch.relu(h + self.bn2(self.conv2(inner)))
         return self.head(h.mean((2, 3)))
 
 
@@ -57,7 +60,7 @@ def test_a_users_module_is_swept_and_reported(tmp_path):
     saved = load_results(tmp_path / "mine")
     assert saved.rows == json.loads(json.dumps(results.rows))
     assert saved.meta["run"]["family"] == "custom"
-    params = 54 + 12 + 324 + 12 + 70  # stem, bn, conv, bn2, head (weights and biases)
+    params = 54 + 12 + 216 + 8 + 216 + 12 + 70  # stem, bn, conv1, bn1, conv2, bn2, head
     assert saved.meta["run"]["model"] == {"class": "TinyResNet", "parameters": params}
     md, page = write_run_reports(tmp_path / "mine")
     text = md.read_text()
@@ -70,3 +73,10 @@ def test_a_second_sweep_keeps_the_rows_it_does_not_redo(tmp_path):
     sweep_model(net, data, tmp_path / "r", SweepConfig(("weight",), (0.5,)))
     results = sweep_model(net, data, tmp_path / "r", SweepConfig(("unit",), (0.5,)))
     assert [r["method"] for r in results.rows] == ["weight", "unit"]
+
+
+def test_unit_rows_prune_only_the_blocks_own_channels(tmp_path):
+    results = sweep_model(TinyResNet(), _data(), tmp_path / "u", SweepConfig(("unit",), (0.5,)))
+    layers = {layer["name"]: layer["zero_fraction"] for layer in results.rows[0]["layers"]}
+    assert layers["conv1"] == 0.5  # 2 of its 4 channels
+    assert layers["stem"] == layers["conv2"] == 0.0  # coupled by the residual add: left alone

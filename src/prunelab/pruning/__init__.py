@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunelab.pruning.coupling import free_unit_layers
 from prunelab.pruning.magnitude import unit_pruning, weight_pruning
+from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import PRUNABLE_TYPES, select_layers
 
 __all__ = [
@@ -48,6 +50,10 @@ class PruneContext:
     """(N, features) training inputs for calibration-aware methods; never test data."""
     generator: torch.Generator | None = None
     """Randomness for randomised methods."""
+    example: torch.Tensor | None = None
+    """A batch of model inputs (one sample is enough) to trace the graph with; unit methods on
+    a model that is not a Linear/ReLU chain need it, or ``calibration``, to find which layers'
+    channels are coupled (``pruning.coupling``)."""
 
 
 ComputeFn = Callable[[nn.Module, list[str], float, PruneContext], dict[str, torch.Tensor]]
@@ -135,8 +141,24 @@ def prune(
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
     names = select_layers(model, layers)
+    if layers is None and spec.granularity == "unit" and not is_relu_chain(model):
+        names = _free_units(model, names, context)
     with torch.no_grad():
         return spec.compute(model, names, sparsity, context)
+
+
+def _free_units(model: nn.Module, names: list[str], context: PruneContext) -> list[str]:
+    """Default layers of a unit method: those whose channels are their own (coupling.py)."""
+    example = context.example if context.example is not None else context.calibration
+    if example is None:
+        raise ValueError(f"unit pruning of a {type(model).__name__} needs an example input to "
+                         f"find coupled channels: PruneContext(example=x), or name the layers")
+    free = free_unit_layers(model, names, example)
+    if not free:
+        raise ValueError(f"every prunable layer of {type(model).__name__} shares its output "
+                         f"channels with another (residual adds, attention): name the layers "
+                         f"to prune them anyway")
+    return free
 
 
 def apply_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:

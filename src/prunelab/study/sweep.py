@@ -142,7 +142,8 @@ def prune_contexts(data: Dataset | None, methods: tuple[str, ...], seed: int,
         raise ValueError("calibration-aware methods need a dataset to draw calibration images")
     pool = calibration_set(data, max(sizes.values()), seed) if sizes else None
     generator = torch.Generator().manual_seed(seed)
-    return {m: PruneContext(pool[: sizes[m]] if m in sizes else None, generator)
+    example = data.train_x[:1] if data is not None else None  # traces coupled channels
+    return {m: PruneContext(pool[: sizes[m]] if m in sizes else None, generator, example)
             for m in methods}
 
 

@@ -1,0 +1,56 @@
+"""Channels that cannot be removed alone: the coupling that residual adds and attention create.
+
+Zeroing a unit (an output channel) of a layer removes it from the network only when nothing but
+the next layers reads it. The output channels of a ResNet block's second conv are added to the
+block's input, so the stem, every such conv and the shortcut projections of a stage share one
+set of channels; a ViT's q, k and v are read together by the attention, and the patch embedding
+and every block's output projections all write the residual stream. Zeroing one member of such
+a group removes nothing. Unit methods therefore prune, by default, only layers whose output
+channels are their own (``free_unit_layers``): an MLP's hidden units, a ResNet block's internal
+channels, a ViT's MLP hidden units; the coupled groups are left alone. Naming layers explicitly
+(``layers=``) prunes exactly those.
+
+The graph comes from Torch-Pruning's ``DependencyGraph``, traced on an example input.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prunelab.pruning.targets import prunable_modules
+
+__all__ = ["coupled_layers", "free_unit_layers"]
+
+
+def _out_channel_pruner(module: nn.Module):
+    return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else \
+        tp.prune_linear_out_channels
+
+
+def coupled_layers(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, ...]]:
+    """Per prunable layer, the prunable layers whose output channels are tied to its own
+    (itself included), from one traced forward pass on ``example``."""
+    traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
+    names = {m: n for n, m in prunable_modules(traced)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
+    out: dict[str, tuple[str, ...]] = {}
+    for module, name in names.items():
+        group = graph.get_pruning_group(module, _out_channel_pruner(module), idxs=[0])
+        tied = {names[dep.target.module] for dep, _ in group
+                if dep.target.module in names
+                and dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)}
+        out[name] = tuple(n for n in names.values() if n in tied | {name})
+    return out
+
+
+def free_unit_layers(model: nn.Module, names: list[str], example: torch.Tensor) -> list[str]:
+    """Those of ``names`` whose output channels no other layer shares."""
+    groups = coupled_layers(model, example)
+    return [n for n in names if groups[n] == (n,)]
