@@ -104,3 +104,32 @@ def test_batchnorm_between_layers_stops_dead_unit_reasoning():
         net[3].weight.fill_(1.0)
     s = measure_sparsity(net)
     assert s.effective_sparsity == pytest.approx(2 / 6) == s.zero_fraction
+
+
+def test_attention_products_are_counted_once_per_sample():
+    from prunelab.models import ViTConfig, build_model
+
+    config = ViTConfig(dim=16, depth=2, heads=2, mlp_dim=32)
+    net = build_model("vit", config, torch.Generator().manual_seed(0))
+    s = measure_sparsity(net, example=torch.rand(3, 784))
+    tokens = 17  # 16 patches of 7x7 and the class token
+    # per block: Q K^T and A V over 2 heads of 8 features: 2 * (17 * 17 * 8) * 2
+    assert s.activation_macs_per_sample == 2 * (2 * tokens * tokens * 8 * 2)
+    weights = sum(layer.effective_weights * layer.positions for layer in s.layers)
+    assert s.macs_per_sample == weights + s.activation_macs_per_sample
+
+
+def test_a_hand_written_attention_matmul_is_counted_but_weights_are_not():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x):
+            h = self.proj(x.reshape(-1, 5, 4))  # (B, 5 tokens, 4)
+            scores = h @ h.transpose(1, 2)  # (B, 5, 5): 5 * 4 * 5 multiply-adds
+            return (scores @ h).flatten(1)  # (B, 5, 4): 5 * 5 * 4
+
+    s = measure_sparsity(Mixer(), example=torch.rand(2, 20))
+    assert s.activation_macs_per_sample == 100 + 100
+    assert s.macs_per_sample == 16 * 5 + 200

@@ -13,7 +13,10 @@ layer; attention -- only zero weights count as dead: nothing unprovable is count
 Counts cover the prunable layers (``nn.Linear``, ``nn.Conv2d``). A layer's multiply-adds per
 sample are its live weights times its output positions (a conv's output pixels, a Linear's
 tokens): measuring a model whose layers see more than one position per sample needs an
-``example`` input, run once through the model with forward hooks.
+``example`` input, run once through the model with forward hooks. That pass also counts the
+multiply-adds of products between activations -- attention's ``Q K^T`` and ``A V`` (through
+``scaled_dot_product_attention`` or a matmul of two non-parameters) -- which no weight pruning
+removes; they are part of ``macs_per_sample``.
 
 >>> import torch
 >>> from torch import nn
@@ -31,7 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prunelab.models.mlp import MLP
 from prunelab.pruning.targets import as_matrix, prunable_modules
@@ -73,7 +78,10 @@ class SparsityStats:
     params_remaining: int
     """Weights and biases that can still change the output."""
     macs_per_sample: int
-    """Multiply-adds per sample of a sparse execution skipping every dead weight."""
+    """Multiply-adds per sample of a sparse execution skipping every dead weight, activation
+    products (attention) included."""
+    activation_macs_per_sample: int = 0
+    """Of those, the products between activations (attention scores and their use)."""
 
 
 def _chains(layers: list[nn.Linear]) -> bool:
@@ -115,15 +123,41 @@ def effective_masks(layers: list[nn.Linear]) -> list[torch.Tensor]:
     return alive
 
 
+_MATMULS = (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm)
+
+
+class _ActivationProducts(TorchFunctionMode):
+    """Counts multiply-adds of attention and of matmuls between two non-parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]  # (..., Tq, d), (..., Tk, d), (..., Tk, dv)
+            self.macs += q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (
+                q.shape[-1] + v.shape[-1])
+        elif func in _MATMULS and len(args) == 2:
+            a, b = args
+            if not (isinstance(a, nn.Parameter) or isinstance(b, nn.Parameter)) and \
+                    a.dim() >= 2 and b.dim() >= 2:
+                batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
+                self.macs += batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        return func(*args, **kwargs)
+
+
 def output_positions(model: nn.Module, names: list[str],
-                     example: torch.Tensor | None) -> dict[str, int]:
-    """Per named layer, the output positions per sample (1 for a Linear on flat features)."""
+                     example: torch.Tensor | None) -> tuple[dict[str, int], int]:
+    """Per named layer, the output positions per sample (1 for a Linear on flat features), and
+    the multiply-adds of products between activations per sample."""
     modules = dict(model.named_modules())
     if example is None:
         if any(isinstance(modules[n], nn.Conv2d) for n in names):
             raise ValueError("counting a conv's multiply-adds needs an example input: "
                              "measure_sparsity(model, example=x)")
-        return dict.fromkeys(names, 1)
+        return dict.fromkeys(names, 1), 0
     seen: dict[str, int] = {}
 
     def hook(name: str):
@@ -134,13 +168,14 @@ def output_positions(model: nn.Module, names: list[str],
         return record
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    products = _ActivationProducts()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), products:
             model(example[:1])
     finally:
         for h in handles:
             h.remove()
-    return {n: seen.get(n, 0) for n in names}  # a layer the forward never reaches: 0
+    return {n: seen.get(n, 0) for n in names}, products.macs  # unreached layers: 0
 
 
 def measure_sparsity(model: nn.Module, example: torch.Tensor | None = None) -> SparsityStats:
@@ -155,7 +190,7 @@ def measure_sparsity(model: nn.Module, example: torch.Tensor | None = None) -> S
     chain = is_relu_chain(model)
     masks = effective_masks(layers) if chain else [as_matrix(m.weight.detach()) != 0
                                                    for m in layers]
-    positions = output_positions(model, [n for n, _ in named], example)
+    positions, activation_macs = output_positions(model, [n for n, _ in named], example)
     rows, zeros, dead, total, remaining, macs = [], 0, 0, 0, 0, 0
     for (name, layer), mask in zip(named, masks, strict=True):
         n = layer.weight.numel()
@@ -178,5 +213,6 @@ def measure_sparsity(model: nn.Module, example: torch.Tensor | None = None) -> S
         effective_sparsity=dead / total,
         params_total=total + biases_total,
         params_remaining=remaining + biases_live,
-        macs_per_sample=macs,
+        macs_per_sample=macs + activation_macs,
+        activation_macs_per_sample=activation_macs,
     )
