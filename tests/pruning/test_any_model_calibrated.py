@@ -109,7 +109,7 @@ def test_calibration_of_the_wrong_shape_is_named() -> None:
 
 
 def test_unit_methods_still_need_an_mlp() -> None:
-    with pytest.raises(ValueError, match="needs an MLP.*ResidualNet"):
+    with pytest.raises(ValueError, match=r"\[.unit-obs.\] need an MLP.*ResidualNet"):
         prune(ResidualNet(), "unit-obs", 0.5, layers=["stem"],
               context=PruneContext(calibration=torch.rand(5, 64)))
 

@@ -142,3 +142,9 @@ def test_zoo_unit_layers_are_block_internal_channels_and_mlp_hidden_units() -> N
     assert units("resnet") == ["stages.0.0.conv1", "stages.1.0.conv1", "stages.2.0.conv1"]
     assert units("vit") == [f"blocks.{i}.mlp.fc1" for i in range(4)]
     assert units("lenet5") == ["conv1", "conv2", "fc1", "fc2"]
+
+
+def test_magnitude_nm_groups_a_convs_fan_in() -> None:
+    w = prune(_net(), "magnitude-2:4", 0.5, layers=["block.0"])["block.0"]
+    groups = as_matrix(w).reshape(8, -1, 4)  # (out, 72 / 4 groups, 4)
+    assert w.shape == (8, 8, 3, 3) and bool(((groups != 0).sum(-1) <= 2).all())

@@ -202,7 +202,7 @@ def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias,
     seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
     config = _run_config(dataset, family, model_opts, epochs, seeds[0], batch_size, lr, hidden,
                          bias)
-    sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
+    sweep_config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
                                calibration_size, bn_recalibrate)
     if len(seeds) > 1:
         run_dir = out or default_run_dir(dataset, seeds, family)
@@ -248,9 +248,11 @@ def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, b
     On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
     the summary over seeds is written.
     """
-    config = SweepConfig(parse_methods(methods), parse_percents(sparsities), calibration_size,
-                         bn_recalibrate)
-    if seed_dirs(run_dir):
+    found = seed_dirs(run_dir)
+    family = load_run(next(iter(found.values()), run_dir)).config.family
+    config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
+                         calibration_size, bn_recalibrate)
+    if found:
         _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
         write_summary(run_dir, summarize_run(run_dir))
         click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")

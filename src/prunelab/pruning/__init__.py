@@ -35,6 +35,7 @@ __all__ = [
     "apply_weights",
     "check_sparsity",
     "lookup",
+    "mlp_only_message",
     "prune",
     "register",
 ]
@@ -76,6 +77,8 @@ class PruningMethod:
     calibration_size: int = 2048
     """Training images it gets by default (when it needs calibration): enough to reach its
     documented accuracy (docs/calibrated-pruning.md); a sweep may override it for all methods."""
+    mlp_only: bool = False
+    """Whether it needs a chain of Linear layers with ReLU between them (``models.mlp.MLP``)."""
     fixed_sparsity: float | None = None
     """The only sparsity the method produces (N:M patterns: 1 - N/M); None when any k works."""
 
@@ -138,6 +141,8 @@ def prune(
         raise ValueError(f"method {method!r} has the fixed sparsity {spec.fixed_sparsity:g}, "
                          f"got {sparsity:g}")
     context = context or PruneContext()
+    if spec.mlp_only and not is_relu_chain(model):
+        raise ValueError(mlp_only_message([method], model))
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
     names = select_layers(model, layers)
@@ -145,6 +150,12 @@ def prune(
         names = _free_units(model, names, context)
     with torch.no_grad():
         return spec.compute(model, names, sparsity, context)
+
+
+def mlp_only_message(methods: list[str], model: nn.Module) -> str:
+    """The one-line error for methods that need an MLP, on ``model``."""
+    return (f"method(s) {methods} need an MLP (Linear layers with ReLU between them, like "
+            f"prunelab's mlp); a {type(model).__name__} is not one")
 
 
 def _free_units(model: nn.Module, names: list[str], context: PruneContext) -> list[str]:

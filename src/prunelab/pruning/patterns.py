@@ -16,6 +16,7 @@ from prunelab.pruning import ComputeFn, PruneContext, PruningMethod
 from prunelab.pruning.nm import nm_mask, parse_nm
 from prunelab.pruning.obs import sparsegpt_compute
 from prunelab.pruning.refit import refit_compute
+from prunelab.pruning.targets import as_matrix
 from prunelab.pruning.wanda import MaskRule, wanda_compute, wanda_scores
 
 __all__ = ["NM_BASES", "nm_method", "nm_rule"]
@@ -30,8 +31,11 @@ def _magnitude(n: int, m: int) -> ComputeFn:
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())
-        return {name: modules[name].weight.detach()
-                * nm_mask(modules[name].weight.detach().abs(), n, m) for name in names}
+        out = {}
+        for name in names:
+            w = modules[name].weight.detach()  # groups of M along a row of the (out, fan_in) view
+            out[name] = w * nm_mask(as_matrix(w).abs(), n, m).reshape(w.shape)
+        return out
 
     return compute
 

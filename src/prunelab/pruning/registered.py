@@ -64,24 +64,24 @@ for _method in (
                                 refit_output=True),
                   "per-layer sparsities from the relative output energy (overall k), "
                   "|w| * ||x|| mask, least-squares refit; output layer refit",
-                  needs_calibration=True),
+                  needs_calibration=True, mlp_only=True),
     PruningMethod("unit-act-refit", "unit", unit_compute(activation_choice),
                   "units with the lowest ||activation|| * ||outgoing weights|| removed; next "
-                  "layer refit by least squares", needs_calibration=True),
+                  "layer refit by least squares", needs_calibration=True, mlp_only=True),
     PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
                   "units removed greedily by structured OBS, next layer refit by least squares",
-                  needs_calibration=True),
+                  needs_calibration=True, mlp_only=True),
     PruningMethod("unit-obs-selected", "unit",
                   best_of({f"batch {b}": unit_compute(obs_chooser(b))
                            for b in (0.01, 0.02, 0.03, 0.05)}),
                   "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
                   "agreeing most with the dense predictions on the calibration images",
-                  needs_calibration=True),
+                  needs_calibration=True, mlp_only=True),
     PruningMethod("unit-obs-allocated", "unit",
                   unit_compute(obs_choice, obs_allocation, relu_rounds=UNIT_RELU_ROUNDS),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "
                   "hidden units overall) and a ReLU-aware refit of the next layer",
-                  needs_calibration=True),
+                  needs_calibration=True, mlp_only=True),
 ):
     register(_method)
 

@@ -26,10 +26,11 @@ from prunelab.pruning import (
     apply_weights,
     check_sparsity,
     lookup,
+    mlp_only_message,
     prune,
 )
 from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
-from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.pruning.sparsity import is_relu_chain, measure_sparsity
 from prunelab.study.memory import PeakMemory
 from prunelab.study.runfolder import (
     Results,
@@ -283,6 +284,9 @@ def sweep_model(
     (``prunelab.report.writer.write_run_reports``) read only what this writes.
     """
     run_dir = Path(run_dir)
+    unsupported = [m for m in config.methods if METHODS[m].mlp_only]
+    if unsupported and not is_relu_chain(model):  # before any work, not after some
+        raise ValueError(mlp_only_message(unsupported, model))
     model = copy.deepcopy(model).to(device).eval()
     run_meta = run_meta if run_meta is not None else describe_model(model, data.name, seed)
     data_on_device = Dataset(data.name, data.train_x.to(device), data.train_y.to(device),
