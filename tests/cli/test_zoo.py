@@ -95,5 +95,6 @@ def test_methods_all_leaves_out_mlp_only_methods_and_naming_one_fails_first(tiny
                     "--calibration-size", "64", "--data-dir", tiny_data_dir)
     assert result.exit_code == 0, result.output
     methods = {r["method"] for r in load_results(out).rows}
-    assert {"weight", "unit", "wanda", "sparsegpt", "refit-gradual", "refit-2:4"} <= methods
-    assert not methods & {"unit-obs", "unit-act-refit", "refit-allocated"}
+    assert {"weight", "unit", "wanda", "sparsegpt", "refit-gradual", "refit-2:4",
+            "unit-act-refit"} <= methods
+    assert not methods & {"unit-obs", "unit-obs-allocated", "refit-allocated"}

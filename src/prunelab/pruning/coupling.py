@@ -37,7 +37,7 @@ def coupled_layers(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[s
     (itself included), from one traced forward pass on ``example``."""
     traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
     names = {m: n for n, m in prunable_modules(traced)}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
         warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
         graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
     out: dict[str, tuple[str, ...]] = {}

@@ -19,6 +19,7 @@ from prunelab.pruning.refit import (
     sqrt_activation_score,
 )
 from prunelab.pruning.select import best_of
+from prunelab.pruning.structured import chain_or_graph, unit_refit_any
 from prunelab.pruning.units import (
     UNIT_RELU_ROUNDS,
     activation_choice,
@@ -65,9 +66,10 @@ for _method in (
                   "per-layer sparsities from the relative output energy (overall k), "
                   "|w| * ||x|| mask, least-squares refit; output layer refit",
                   needs_calibration=True, mlp_only=True),
-    PruningMethod("unit-act-refit", "unit", unit_compute(activation_choice),
-                  "units with the lowest ||activation|| * ||outgoing weights|| removed; next "
-                  "layer refit by least squares", needs_calibration=True, mlp_only=True),
+    PruningMethod("unit-act-refit", "unit",
+                  chain_or_graph(unit_compute(activation_choice), unit_refit_any),
+                  "units with the lowest ||activation|| * ||outgoing weights|| removed; the "
+                  "layers reading them refit by least squares", needs_calibration=True),
     PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
                   "units removed greedily by structured OBS, next layer refit by least squares",
                   needs_calibration=True, mlp_only=True),

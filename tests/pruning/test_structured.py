@@ -1,0 +1,49 @@
+"""unit-act-refit on any graph: channels dropped in a layer, the layers reading them refit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.models import MODELS, build_model
+from prunelab.pruning import PruneContext, apply_weights, prune
+from prunelab.pruning.structured import consumer_columns
+from prunelab.pruning.targets import as_matrix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _zoo(name: str) -> torch.nn.Module:
+    return build_model(name, MODELS[name].config_type(), torch.Generator().manual_seed(0)).eval()
+
+
+def test_readers_and_their_columns_follow_convs_and_flatten() -> None:
+    net, x = _zoo("lenet5"), torch.rand(1, 784)
+    into_conv = consumer_columns(net, "conv1", x)
+    assert list(into_conv) == ["conv2"]
+    assert [c.tolist() for c in into_conv["conv2"][:2]] == [list(range(25)),
+                                                            list(range(25, 50))]
+    into_fc = consumer_columns(net, "conv2", x)  # 16 channels of 5x5 flattened into fc1
+    assert list(into_fc) == ["fc1"] and into_fc["fc1"][3].tolist() == list(range(75, 100))
+
+
+@pytest.mark.parametrize(("family", "layer", "reader"), [
+    ("resnet", "stages.1.0.conv1", "stages.1.0.conv2"),
+    ("vit", "blocks.2.mlp.fc1", "blocks.2.mlp.fc2"),
+])
+def test_units_dropped_and_readers_refit_beat_plain_unit_pruning(family, layer, reader) -> None:
+    net = _zoo(family)
+    x = torch.rand(96, 784, generator=torch.Generator().manual_seed(2))
+    weights = prune(net, "unit-act-refit", 0.5, context=PruneContext(calibration=x))
+    rows = as_matrix(weights[layer]).ne(0).any(1)
+    assert int((~rows).sum()) == round(0.5 * len(rows))  # half the units gone
+    span = as_matrix(weights[reader]).shape[1] // len(rows)
+    dead_cols = torch.cat([torch.arange(j * span, (j + 1) * span) for j in
+                           torch.nonzero(~rows).flatten().tolist()])
+    assert bool((as_matrix(weights[reader])[:, dead_cols] == 0).all())  # nothing reads them
+    plain = prune(net, "unit", 0.5, context=PruneContext(example=x))
+    with torch.no_grad():
+        dense = net(x)
+        refit_err = (apply_weights(net, weights)(x) - dense).pow(2).mean()
+        plain_err = (apply_weights(net, plain)(x) - dense).pow(2).mean()
+    assert refit_err < 0.5 * plain_err
