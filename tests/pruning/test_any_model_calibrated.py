@@ -118,3 +118,16 @@ def test_grouped_convs_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="groups=1.*groups=2"):
         prune(ResidualNet(), "wanda", 0.5, layers=["block.3"],
               context=PruneContext(calibration=torch.rand(5, 64)))
+
+
+def test_calibration_may_be_batches_or_a_loader_of_pairs() -> None:
+    x = _calibration(40, 64)
+    pairs = [(x[i:i + 16], torch.zeros(len(x[i:i + 16]))) for i in range(0, 40, 16)]
+    for given in ([x[:16], x[16:]], pairs):
+        assert torch.equal(PruneContext(calibration=given).calibration, x)
+    with pytest.raises(TypeError, match="iterable of input batches"):
+        PruneContext(calibration=3)
+    net = ResidualNet().eval()
+    a = prune(net, "wanda", 0.5, layers=["stem"], context=PruneContext(calibration=x))
+    b = prune(net, "wanda", 0.5, layers=["stem"], context=PruneContext(calibration=pairs))
+    assert torch.equal(a["stem"], b["stem"])

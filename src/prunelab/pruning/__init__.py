@@ -48,13 +48,28 @@ class PruneContext:
     """What a method may use beyond the weights."""
 
     calibration: torch.Tensor | None = None
-    """(N, features) training inputs for calibration-aware methods; never test data."""
+    """(N, ...) training inputs of the model for calibration-aware methods, never test data;
+    an iterable of input batches (or of (inputs, labels) pairs, as a DataLoader gives) is
+    concatenated into one tensor."""
     generator: torch.Generator | None = None
     """Randomness for randomised methods."""
     example: torch.Tensor | None = None
     """A batch of model inputs (one sample is enough) to trace the graph with; unit methods on
     a model that is not a Linear/ReLU chain need it, or ``calibration``, to find which layers'
     channels are coupled (``pruning.coupling``)."""
+
+    def __post_init__(self) -> None:
+        x = self.calibration
+        if x is None or isinstance(x, torch.Tensor):
+            return
+        try:
+            batches = [b[0] if isinstance(b, tuple | list) else b for b in x]
+        except TypeError:
+            raise TypeError(f"calibration must be a tensor of inputs or an iterable of input "
+                            f"batches, got {type(x).__name__}") from None
+        if not batches or not all(isinstance(b, torch.Tensor) for b in batches):
+            raise ValueError("calibration batches must be a non-empty sequence of tensors")
+        object.__setattr__(self, "calibration", torch.cat(batches))
 
 
 ComputeFn = Callable[[nn.Module, list[str], float, PruneContext], dict[str, torch.Tensor]]

@@ -209,6 +209,13 @@ def _model_line(run: dict) -> str:
             + ("with biases" if model.get("bias") else "no biases"))
 
 
+def _layer_line(results: Results) -> str:
+    """``conv1 (6x1x5x5), ..., head (10x84)``: the prunable layers the sweep measured."""
+    layers = results.rows[0].get("layers", []) if results.rows else []
+    return ", ".join(f"{layer['name']} ({'x'.join(map(str, layer['shape']))})"
+                     for layer in layers) or "?"
+
+
 def render_report(results: Results, plot_dir: str = "plots") -> str:
     """The markdown text of the report; plots are linked relative to the run folder."""
     run = results.meta.get("run", {})
@@ -227,7 +234,8 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         f"- training: {_settings_line(run.get('train', {}))}",
         f"- sweep: {_settings_line(results.meta.get('sweep', {}))}",
         "- pruned layers: every Linear and Conv2d layer but the output layer, each at "
-        "sparsity k",
+        "sparsity k (unit methods: those whose channels no residual add or attention shares)",
+        f"- layers (weight shape): {_layer_line(results)}",
         "",
         *bullet_section("Environment", env),
         *_history(results),
