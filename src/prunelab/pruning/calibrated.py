@@ -31,6 +31,7 @@ __all__ = [
     "LayerInputs",
     "chain",
     "damped",
+    "hooked_pair",
     "damped_gram",
     "keep_count",
     "masked_lstsq",
@@ -145,15 +146,22 @@ def model_inputs(model: nn.Module, context: PruneContext) -> torch.Tensor:
     return x
 
 
+def hooked_pair(model: nn.Module, names: list[str], context: PruneContext,
+                ) -> tuple[nn.Module, nn.Module, torch.Tensor, list[str]]:
+    """(dense copy, copy to prune layer by layer, calibration inputs, ``names`` in forward
+    order): both copies in eval mode, so BatchNorm never moves; ``model`` is untouched."""
+    dense = copy.deepcopy(model).eval()
+    x = model_inputs(dense, context)
+    return dense, copy.deepcopy(dense), x, forward_order(dense, names, x[:1])
+
+
 def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
                       step: StepFn) -> dict[str, torch.Tensor]:
     """Any model: per layer (forward order), Gram matrices from hooks on both networks."""
-    dense = copy.deepcopy(model).eval()  # eval: BatchNorm must not move; the input is untouched
-    x = model_inputs(dense, context)
-    pruned = copy.deepcopy(dense)
+    dense, pruned, x, order = hooked_pair(model, names, context)
     modules = dict(pruned.named_modules())
     out: dict[str, torch.Tensor] = {}
-    for name in forward_order(dense, names, x[:1]):
+    for name in order:
         layer = modules[name]
         grams = capture_grams(dense, pruned, name, x)
         w = as_matrix(layer.weight.detach()).double()

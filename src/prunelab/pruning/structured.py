@@ -29,8 +29,8 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.pruning import ComputeFn, PruneContext
-from prunelab.pruning.calibrated import damped, keep_count, masked_lstsq, model_inputs
-from prunelab.pruning.capture import capture_grams, forward_order
+from prunelab.pruning.calibrated import damped, hooked_pair, keep_count, masked_lstsq
+from prunelab.pruning.capture import capture_grams
 from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import as_matrix, prunable_modules
 
@@ -81,12 +81,10 @@ def _choose(layer_units: int, keep: int, consumers: dict[str, list[torch.Tensor]
 def unit_refit_any(model: nn.Module, names: list[str], sparsity: float,
                    context: PruneContext) -> dict[str, torch.Tensor]:
     """``unit-act-refit`` on any model: new weights of the pruned layers and their readers."""
-    dense = copy.deepcopy(model).eval()
-    x = model_inputs(dense, context)
-    pruned = copy.deepcopy(dense)
+    dense, pruned, x, order = hooked_pair(model, names, context)
     modules = dict(pruned.named_modules())
     out: dict[str, torch.Tensor] = {}
-    for name in forward_order(dense, names, x[:1]):
+    for name in order:
         layer = modules[name]
         consumers = consumer_columns(pruned, name, x)
         if len(consumers) == 0 or any(len(c) != layer.weight.shape[0]
