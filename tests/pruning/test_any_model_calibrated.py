@@ -131,3 +131,18 @@ def test_calibration_may_be_batches_or_a_loader_of_pairs() -> None:
     a = prune(net, "wanda", 0.5, layers=["stem"], context=PruneContext(calibration=x))
     b = prune(net, "wanda", 0.5, layers=["stem"], context=PruneContext(calibration=pairs))
     assert torch.equal(a["stem"], b["stem"])
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_refit_global_keeps_global_magnitudes_per_layer_split(wrap: bool) -> None:
+    net = ResidualNet().eval() if wrap else _mlp()
+    x = _calibration(64, 64 if wrap else 20)
+    context = PruneContext(calibration=x)
+    layers = ["stem", "block.0"] if wrap else None
+    weights = prune(net, "refit-global", 0.7, layers=layers, context=context)
+    reference = prune(net, "global-weight", 0.7, layers=layers)
+    for name, w in reference.items():  # the same per-layer sparsities as one |w| threshold
+        assert float((weights[name] == 0).float().mean()) == pytest.approx(
+            float((w == 0).float().mean()), abs=1e-9), name
+    zeros = sum(int((weights[n] == 0).sum()) for n in reference)
+    assert zeros == round(0.7 * sum(w.numel() for w in reference.values()))

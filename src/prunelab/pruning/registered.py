@@ -8,7 +8,7 @@ model. See each module for the method, the paper it follows and its cost.
 from __future__ import annotations
 
 from prunelab.pruning import PruningMethod, register
-from prunelab.pruning.allocation import energy_allocation
+from prunelab.pruning.allocation import energy_allocation, magnitude_allocation
 from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
 from prunelab.pruning.obs import sparsegpt_compute
 from prunelab.pruning.patterns import nm_method
@@ -60,6 +60,11 @@ for _method in (
                   "per-layer |w| * sqrt(||x||) mask reached in 3 steps (75 % first), least-squares "
                   "refit after each; output layer refit to the dense logits",
                   needs_calibration=True, calibration_size=8192),
+    PruningMethod("refit-global", "weight",
+                  refit_compute(sqrt_activation_score, layer_rule, steps=3,
+                                allocate=magnitude_allocation, refit_output=True),
+                  "refit-gradual with per-layer sparsities from one global |w| threshold "
+                  "(overall k; data-free allocation, any model)", needs_calibration=True),
     PruningMethod("refit-allocated", "weight",
                   refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
                                 refit_output=True),
