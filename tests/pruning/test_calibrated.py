@@ -43,7 +43,7 @@ def pruned(net, context):
 
 def test_weight_methods_hit_sparsity_per_layer(net, pruned):
     uniform = [n for n, m in METHODS.items() if m.granularity == "weight"
-               and not n.startswith("global") and not n.endswith("allocated")]
+               and not m.overall_sparsity]
     for name in uniform:
         for layer in LAYERS:
             w = pruned[name][layer]

@@ -92,6 +92,9 @@ class PruningMethod:
     calibration_size: int = 2048
     """Training images it gets by default (when it needs calibration): enough to reach its
     documented accuracy (docs/calibrated-pruning.md); a sweep may override it for all methods."""
+    overall_sparsity: bool = False
+    """Whether k is the sparsity of all pruned layers together (each layer's differs) rather
+    than of every layer."""
     mlp_only: bool = False
     """Whether it needs a chain of Linear layers with ReLU between them (``models.mlp.MLP``)."""
     fixed_sparsity: float | None = None

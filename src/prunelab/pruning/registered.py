@@ -35,12 +35,12 @@ __all__: list[str] = []
 for _method in (
     PruningMethod("global-weight", "weight", global_weight,
                   "one |w| threshold across all pruned layers (overall sparsity k, per-layer "
-                  "sparsities differ)"),
+                  "sparsities differ)", overall_sparsity=True),
     PruningMethod("random-weight", "weight", random_weight,
                   "per layer, round(k * n) weights zeroed at random (sanity floor)"),
     PruningMethod("global-unit", "unit", global_unit,
                   "one incoming-L2-norm threshold on units across all pruned layers "
-                  "(overall k of the units)"),
+                  "(overall k of the units)", overall_sparsity=True),
     PruningMethod("random-unit", "unit", random_unit,
                   "per layer, round(k * units) units removed at random (sanity floor)"),
     PruningMethod("wanda", "weight", wanda_compute(),
@@ -64,13 +64,14 @@ for _method in (
                   refit_compute(sqrt_activation_score, layer_rule, steps=3,
                                 allocate=magnitude_allocation, refit_output=True),
                   "refit-gradual with per-layer sparsities from one global |w| threshold "
-                  "(overall k; data-free allocation, any model)", needs_calibration=True),
+                  "(overall k; data-free allocation, any model)", needs_calibration=True,
+                  overall_sparsity=True),
     PruningMethod("refit-allocated", "weight",
                   refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
                                 refit_output=True),
                   "per-layer sparsities from the relative output energy (overall k), "
                   "|w| * ||x|| mask, least-squares refit; output layer refit",
-                  needs_calibration=True, mlp_only=True),
+                  needs_calibration=True, mlp_only=True, overall_sparsity=True),
     PruningMethod("unit-act-refit", "unit",
                   chain_or_graph(unit_compute(activation_choice), unit_refit_any),
                   "units with the lowest ||activation|| * ||outgoing weights|| removed; the "
@@ -88,7 +89,7 @@ for _method in (
                   unit_compute(obs_choice, obs_allocation, relu_rounds=UNIT_RELU_ROUNDS),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "
                   "hidden units overall) and a ReLU-aware refit of the next layer",
-                  needs_calibration=True, mlp_only=True),
+                  needs_calibration=True, mlp_only=True, overall_sparsity=True),
 ):
     register(_method)
 
