@@ -5,7 +5,11 @@ so each layer sees the inputs the *already pruned* network gives it (X_p) next t
 network's inputs (X_d). A step gets them as second moments (``LayerInputs.gram``, ``cross``,
 ``norms``). For any model they come from forward hooks on the real model (``pruning.capture``:
 a conv's input unfolded, one pass per layer over the calibration set, nothing but the Gram
-matrices kept). For a chain of ``nn.Linear`` layers with ReLU between them (``models.mlp.MLP``)
+matrices kept). In a model with BatchNorm the statistics of the network pruned so far are
+re-estimated after each layer (``refresh_batchnorm``), so each layer is fitted to inputs
+normalised as in the finished network: re-estimate them after ``apply_weights`` too
+(``pruning.batchnorm.recalibrate_batchnorm``; studies do by default). For a chain of
+``nn.Linear`` layers with ReLU between them (``models.mlp.MLP``)
 the activations are propagated directly and also kept as rows (``x_dense``, ``x_pruned``),
 which the unit methods need. Linear algebra runs in float64; Gram matrices are damped so that
 dead (all-zero) inputs never make a system singular.
@@ -22,11 +26,13 @@ from torch import nn
 
 from prunelab.models.mlp import linear_layers
 from prunelab.pruning import PruneContext
+from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
 from prunelab.pruning.capture import capture_grams, forward_order
 from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import as_matrix
 
 __all__ = [
+    "BN_REFRESH",
     "DAMPING",
     "LayerInputs",
     "chain",
@@ -37,6 +43,7 @@ __all__ = [
     "masked_lstsq",
     "model_inputs",
     "refit_targets",
+    "refresh_batchnorm",
     "sequential",
     "spd_inverse",
     "topk_mask",
@@ -170,7 +177,22 @@ def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
         out[name] = new.reshape(layer.weight.shape).to(layer.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(out[name])
+        refresh_batchnorm(pruned, x)
     return out
+
+
+BN_REFRESH = 512
+"""Calibration images the statistics are re-estimated on between layers (a ResNet conv sees
+hundreds of thousands of positions in them: plenty for a mean and a variance)."""
+
+
+def refresh_batchnorm(pruned: nn.Module, x: torch.Tensor) -> None:
+    """Re-estimate, in place, the BatchNorm statistics of the network pruned so far, so the
+    next layer's captured inputs are normalised as the finished network (whose statistics a
+    study re-estimates) will normalise them. Nothing happens without BatchNorm."""
+    if has_batchnorm(pruned):
+        fresh = recalibrate_batchnorm(pruned, x[:BN_REFRESH])
+        pruned.load_state_dict(fresh.state_dict())
 
 
 def _sequential_chain(model: nn.Module, names: list[str], context: PruneContext,

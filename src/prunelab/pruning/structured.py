@@ -29,7 +29,13 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.pruning import ComputeFn, PruneContext
-from prunelab.pruning.calibrated import damped, hooked_pair, keep_count, masked_lstsq
+from prunelab.pruning.calibrated import (
+    damped,
+    hooked_pair,
+    keep_count,
+    masked_lstsq,
+    refresh_batchnorm,
+)
 from prunelab.pruning.capture import capture_grams
 from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import as_matrix, prunable_modules
@@ -112,6 +118,7 @@ def unit_refit_any(model: nn.Module, names: list[str], sparsity: float,
             with torch.no_grad():
                 consumer.weight.copy_(w.reshape(consumer.weight.shape))
             out[cname] = consumer.weight.detach().clone()
+        refresh_batchnorm(pruned, x)
     return out
 
 
