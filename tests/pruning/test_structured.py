@@ -20,11 +20,12 @@ def _zoo(name: str) -> torch.nn.Module:
 
 def test_readers_and_their_columns_follow_convs_and_flatten() -> None:
     net, x = _zoo("lenet5"), torch.rand(1, 784)
-    into_conv = consumer_columns(net, "conv1", x)
+    readers = consumer_columns(net, ["conv1", "conv2"], x)
+    into_conv = readers["conv1"]
     assert list(into_conv) == ["conv2"]
     assert [c.tolist() for c in into_conv["conv2"][:2]] == [list(range(25)),
                                                             list(range(25, 50))]
-    into_fc = consumer_columns(net, "conv2", x)  # 16 channels of 5x5 flattened into fc1
+    into_fc = readers["conv2"]  # 16 channels of 5x5 flattened into fc1
     assert list(into_fc) == ["fc1"] and into_fc["fc1"][3].tolist() == list(range(75, 100))
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["has_batchnorm", "recalibrate_batchnorm"]
+__all__ = ["has_batchnorm", "recalibrate_batchnorm", "reestimate_batchnorm_"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -43,6 +43,12 @@ def _batches(inputs: torch.Tensor | Iterable[torch.Tensor],
     return inputs
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                   or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor],
                           batch_size: int | None = None) -> nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are re-estimated on ``inputs``.
@@ -50,27 +56,32 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor | Iterable[torc
     ``inputs``: a tensor of model inputs (one batch, or batches of ``batch_size`` to bound
     memory) or an iterable of input batches. The copy is returned in eval mode.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
-                                   or batch_size <= 0):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_batch_size(batch_size)
     fixed = copy.deepcopy(model)
-    norms = [m for m in fixed.modules() if isinstance(m, _BN) and m.track_running_stats]
+    reestimate_batchnorm_(fixed, inputs, batch_size)
+    return fixed
+
+
+def reestimate_batchnorm_(model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor],
+                          batch_size: int | None = None) -> None:
+    """``recalibrate_batchnorm`` in place: ``model``'s own statistics, left in eval mode."""
+    _check_batch_size(batch_size)
+    norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    model.eval()
     if not norms:
-        return fixed.eval()
+        return
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over every batch seen
-    fixed.eval()
-    for m in norms:
         m.train()
     seen = 0
     with torch.no_grad():
         for batch in _batches(inputs, batch_size):
-            fixed(batch)
+            model(batch)
             seen += len(batch)
-    if seen == 0:
-        raise ValueError("no calibration inputs to re-estimate BatchNorm statistics on")
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
-    return fixed.eval()
+        m.eval()
+    if seen == 0:
+        raise ValueError("no calibration inputs to re-estimate BatchNorm statistics on")

@@ -26,7 +26,7 @@ from torch import nn
 
 from prunelab.models.mlp import linear_layers
 from prunelab.pruning import PruneContext
-from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
+from prunelab.pruning.batchnorm import has_batchnorm, reestimate_batchnorm_
 from prunelab.pruning.capture import capture_grams, forward_order
 from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import as_matrix
@@ -191,8 +191,7 @@ def refresh_batchnorm(pruned: nn.Module, x: torch.Tensor) -> None:
     next layer's captured inputs are normalised as the finished network (whose statistics a
     study re-estimates) will normalise them. Nothing happens without BatchNorm."""
     if has_batchnorm(pruned):
-        fresh = recalibrate_batchnorm(pruned, x[:BN_REFRESH])
-        pruned.load_state_dict(fresh.state_dict())
+        reestimate_batchnorm_(pruned, x[:BN_REFRESH])
 
 
 def _sequential_chain(model: nn.Module, names: list[str], context: PruneContext,

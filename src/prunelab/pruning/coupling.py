@@ -24,25 +24,33 @@ from torch import nn
 
 from prunelab.pruning.targets import prunable_modules
 
-__all__ = ["coupled_layers", "free_unit_layers"]
+__all__ = ["coupled_layers", "dependency_graph", "free_unit_layers", "out_channel_pruner"]
 
 
-def _out_channel_pruner(module: nn.Module):
+def out_channel_pruner(module: nn.Module):
+    """Torch-Pruning's handler that removes ``module``'s output channels."""
     return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else \
         tp.prune_linear_out_channels
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor,
+                     ) -> tuple[tp.DependencyGraph, dict[nn.Module, str]]:
+    """The dependency graph of a copy of ``model`` traced on ``example[:1]``, and that copy's
+    prunable layers with their names (the graph refers to the copy's modules)."""
+    traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
+    with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
+        warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
+    return graph, {m: n for n, m in prunable_modules(traced)}
 
 
 def coupled_layers(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, ...]]:
     """Per prunable layer, the prunable layers whose output channels are tied to its own
     (itself included), from one traced forward pass on ``example``."""
-    traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
-    names = {m: n for n, m in prunable_modules(traced)}
-    with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
-        warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
+    graph, names = dependency_graph(model, example)
     out: dict[str, tuple[str, ...]] = {}
     for module, name in names.items():
-        group = graph.get_pruning_group(module, _out_channel_pruner(module), idxs=[0])
+        group = graph.get_pruning_group(module, out_channel_pruner(module), idxs=[0])
         tied = {names[dep.target.module] for dep, _ in group
                 if dep.target.module in names
                 and dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)}

@@ -21,9 +21,6 @@ statistics afterwards (``--bn-recalibrate``).
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -37,8 +34,9 @@ from prunelab.pruning.calibrated import (
     refresh_batchnorm,
 )
 from prunelab.pruning.capture import capture_grams
+from prunelab.pruning.coupling import dependency_graph, out_channel_pruner
 from prunelab.pruning.sparsity import is_relu_chain
-from prunelab.pruning.targets import as_matrix, prunable_modules
+from prunelab.pruning.targets import as_matrix
 
 __all__ = ["UNIT_DAMPING", "chain_or_graph", "consumer_columns", "unit_refit_any"]
 
@@ -48,27 +46,24 @@ UNIT_DAMPING = 1e-3
 _IN_CHANNELS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
-def consumer_columns(model: nn.Module, name: str,
-                     example: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """Per layer reading ``name``'s output channels: for each channel j, the columns of that
-    layer's (out, fan_in) weight view that channel j feeds."""
-    traced = copy.deepcopy(model).eval()
-    modules = dict(traced.named_modules())
-    names = {m: n for n, m in prunable_modules(traced)}
-    layer = modules[name]
-    pruner = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else \
-        tp.prune_linear_out_channels
-    with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
-        warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
-    out: dict[str, list[torch.Tensor]] = {}
-    for j in range(layer.weight.shape[0]):
-        for dep, idxs in graph.get_pruning_group(layer, pruner, idxs=[j]):
-            target = dep.target.module
-            if target in names and dep.handler in _IN_CHANNELS and names[target] != name:
-                span = target.weight[0].numel() // target.weight.shape[1]  # kh * kw, or 1
-                cols = torch.tensor([c * span + t for c in idxs for t in range(span)])
-                out.setdefault(names[target], []).append(cols)
+def consumer_columns(model: nn.Module, names: list[str],
+                     example: torch.Tensor) -> dict[str, dict[str, list[torch.Tensor]]]:
+    """Per layer of ``names``, per layer reading its output channels: for each channel j, the
+    columns of the reader's (out, fan_in) weight view that channel j feeds. The graph depends
+    on the architecture only, so one trace serves every layer."""
+    graph, prunable = dependency_graph(model, example)
+    modules = {n: m for m, n in prunable.items()}
+    out: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for name in names:
+        layer, readers = modules[name], {}
+        for j in range(layer.weight.shape[0]):
+            for dep, idxs in graph.get_pruning_group(layer, out_channel_pruner(layer), idxs=[j]):
+                target = dep.target.module
+                if target in prunable and dep.handler in _IN_CHANNELS and target is not layer:
+                    span = target.weight[0].numel() // target.weight.shape[1]  # kh*kw, or 1
+                    cols = torch.tensor([c * span + t for c in idxs for t in range(span)])
+                    readers.setdefault(prunable[target], []).append(cols)
+        out[name] = readers
     return out
 
 
@@ -89,10 +84,11 @@ def unit_refit_any(model: nn.Module, names: list[str], sparsity: float,
     """``unit-act-refit`` on any model: new weights of the pruned layers and their readers."""
     dense, pruned, x, order = hooked_pair(model, names, context)
     modules = dict(pruned.named_modules())
+    readers = consumer_columns(dense, names, x)
     out: dict[str, torch.Tensor] = {}
     for name in order:
         layer = modules[name]
-        consumers = consumer_columns(pruned, name, x)
+        consumers = readers[name]
         if len(consumers) == 0 or any(len(c) != layer.weight.shape[0]
                                       for c in consumers.values()):
             raise ValueError(f"cannot find which layers read each channel of {name!r}")
