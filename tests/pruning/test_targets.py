@@ -127,6 +127,8 @@ def test_unit_defaults_follow_the_coupling_of_the_graph() -> None:
     assert groups["block.0"] == ("block.0",) and groups["head"] == ("head",)
     with pytest.raises(ValueError, match="needs an example input"):
         prune(net, "unit", 0.5)
+    with pytest.raises(ValueError, match=r"example input of shape \(1, 63\) does not fit"):
+        prune(net, "unit", 0.5, context=PruneContext(example=torch.rand(1, 63)))
     named = prune(net, "unit", 0.5, layers=["stem"])  # named layers are pruned as asked
     assert sorted(named) == ["stem"]
 

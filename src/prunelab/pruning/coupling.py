@@ -40,7 +40,12 @@ def dependency_graph(model: nn.Module, example: torch.Tensor,
     traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
     with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
         warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
+        try:
+            graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
+        except (RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"example input of shape {tuple(example.shape)} does not fit "
+                             f"{type(model).__name__}: {first}") from None
     return graph, {m: n for n, m in prunable_modules(traced)}
 
 
