@@ -14,14 +14,25 @@ from prunelab.inference.timing import check_batch_size
 from prunelab.pruning import METHODS
 from prunelab.study.multiseed import check_seeds
 
-__all__ = ["model_config", "parse_batch_sizes", "parse_hidden", "parse_methods",
+__all__ = ["MAX_SEED", "model_config", "parse_batch_sizes", "parse_hidden", "parse_methods",
            "parse_model_options", "parse_percents", "parse_seeds"]
+
+
+MAX_SEED = 2**64 - 1
+"""The largest seed ``torch.Generator.manual_seed`` takes."""
+
+
+def _is_int(text: str, signed: bool = False) -> bool:
+    """Whether ``text`` is an integer in ASCII digits (``"²".isdigit()`` is true, yet int()
+    rejects it), with an optional leading minus when ``signed``."""
+    digits = text[1:] if signed and text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``"1000,1000,500,200"`` -> (1000, 1000, 500, 200); positive integers only."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if not parts or not all(_is_int(p) and int(p) > 0 for p in parts):
         raise ValueError(f"--hidden must be comma-separated positive integers, got {text!r}")
     return tuple(int(p) for p in parts)
 
@@ -54,15 +65,17 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if not any(parts):
         raise ValueError("--seeds is empty; give comma-separated seeds such as 0,1,2,3,4")
     for part in parts:
-        if not part.lstrip("-").isdigit():
+        if not _is_int(part, signed=True):
             raise ValueError(f"--seeds takes comma-separated non-negative integers, got {part!r}")
+        if int(part) > MAX_SEED:
+            raise ValueError(f"--seeds takes integers up to 2**64 - 1, got {part}")
     return check_seeds(tuple(int(p) for p in parts))
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     """``"1,64,1024"`` -> (1, 64, 1024); positive integers only."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.lstrip("-").isdigit() for p in parts):
+    if not parts or not all(_is_int(p, signed=True) for p in parts):
         raise ValueError(f"--batch-sizes must be comma-separated positive integers, got {text!r}")
     sizes = tuple(int(p) for p in parts)
     return tuple(check_batch_size(b) for b in sizes)

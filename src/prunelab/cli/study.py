@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from tqdm import tqdm
 
 from prunelab.cli.parse import (
@@ -22,11 +23,13 @@ from prunelab.cli.parse import (
     parse_percents,
     parse_seeds,
 )
-from prunelab.data import DATASETS, load_dataset
+from prunelab.data import DATASETS, Dataset, load_dataset
 from prunelab.models import MODELS, MLPConfig
 from prunelab.pruning import METHODS
 from prunelab.report.writer import write_all, write_run_reports, write_seed_report
+from prunelab.study.checkpoint import checkpoint_epoch
 from prunelab.study.compare import compare_runs
+from prunelab.study.lock import run_lock
 from prunelab.study.multiseed import (
     SUMMARY_CSV,
     default_run_dir,
@@ -34,7 +37,7 @@ from prunelab.study.multiseed import (
     summarize_run,
     write_summary,
 )
-from prunelab.study.runfolder import RunConfig, load_run
+from prunelab.study.runfolder import RunConfig, has_trained_model, load_run
 from prunelab.study.seeds import SeedJob, default_workers, run_jobs, seed_jobs
 from prunelab.study.sweep import (
     DEFAULT_SPARSITIES,
@@ -131,11 +134,14 @@ def _run_config(dataset: str, family: str, model_opts: tuple[str, ...], epochs: 
     return RunConfig(dataset, model_config(MODELS[family].config_type, options), train, family)
 
 
-def _train(config: RunConfig, out: Path | None, data_dir: Path | None, device: str):
-    run_dir = out or default_run_dir(config.dataset, (config.train.seed,), config.family)
-    dev = resolve_device(device)
-    data = load_dataset(config.dataset, data_dir)
-    steps = config.train.epochs * -(-len(data.train_x) // config.train.batch_size)
+def _train(config: RunConfig, run_dir: Path, data: Dataset, dev: torch.device) -> None:
+    """Train into ``run_dir`` (whose lock the caller holds), resuming from its checkpoint."""
+    done = None if has_trained_model(run_dir, config) else checkpoint_epoch(run_dir, config)
+    if done is not None:
+        click.echo(f"resuming the training in {run_dir} after epoch {done} of "
+                   f"{config.train.epochs} (from its checkpoint)")
+    epochs_left = config.train.epochs - (done or 0)
+    steps = epochs_left * -(-len(data.train_x) // config.train.batch_size)
     with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True) as bar:
         def on_step(info: StepInfo) -> None:
             bar.update(1)
@@ -151,7 +157,6 @@ def _train(config: RunConfig, out: Path | None, data_dir: Path | None, device: s
         click.echo(f"trained {run_dir}: test accuracy {100 * last['test_accuracy']:.2f} %")
     else:
         click.echo(f"reusing the model in {run_dir} (trained with the same configuration)")
-    return run_dir, data, dev
 
 
 def _sweep(run_dir: Path, config: SweepConfig, data_dir: Path | None, device, data=None) -> None:
@@ -204,14 +209,18 @@ def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias,
                          bias)
     sweep_config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
                                calibration_size, bn_recalibrate)
+    run_dir = out or default_run_dir(dataset, seeds, family)
     if len(seeds) > 1:
-        run_dir = out or default_run_dir(dataset, seeds, family)
-        _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device), workers)
-        _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
+        with run_lock(run_dir):  # a second process on this folder fails at once (RunFolderBusy)
+            _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device),
+                       workers)
+            _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
         return
-    run_dir, data, dev = _train(config, out, data_dir, device)
-    _sweep(run_dir, sweep_config, data_dir, dev, data)
-    _report(run_dir)
+    dev, data = resolve_device(device), load_dataset(dataset, data_dir)  # before any write
+    with run_lock(run_dir):
+        _train(config, run_dir, data, dev)
+        _sweep(run_dir, sweep_config, data_dir, dev, data)
+        _report(run_dir)
 
 
 @click.command()
@@ -219,9 +228,13 @@ def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias,
 @_common_options
 def train(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias, out, device,
           data_dir) -> None:
-    """Train a model into a run folder (reused when already trained the same way)."""
-    _train(_run_config(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias),
-           out, data_dir, device)
+    """Train a model into a run folder (reused when already trained the same way; continued
+    from its checkpoint when an earlier training of the same configuration was interrupted)."""
+    config = _run_config(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias)
+    run_dir = out or default_run_dir(config.dataset, (config.train.seed,), config.family)
+    dev, data = resolve_device(device), load_dataset(config.dataset, data_dir)
+    with run_lock(run_dir):
+        _train(config, run_dir, data, dev)
 
 
 def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
@@ -252,15 +265,16 @@ def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, b
     family = load_run(next(iter(found.values()), run_dir)).config.family
     config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
                          calibration_size, bn_recalibrate)
-    if found:
-        _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
-        write_summary(run_dir, summarize_run(run_dir))
-        click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
-        return
-    if seeds_text is not None:
+    if not found and seeds_text is not None:
         raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "
                          f"{run_dir} is a single-seed folder")
-    _sweep(run_dir, config, data_dir, resolve_device(device))
+    with run_lock(run_dir):  # a second process on this folder fails at once (RunFolderBusy)
+        if found:
+            _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
+            write_summary(run_dir, summarize_run(run_dir))
+            click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
+            return
+        _sweep(run_dir, config, data_dir, resolve_device(device))
 
 
 @click.command()

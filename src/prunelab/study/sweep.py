@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset, test_set_fingerprint
 from prunelab.evaluate import evaluate
-from prunelab.models import build_model
 from prunelab.pruning import (
     METHODS,
     PruneContext,
@@ -31,6 +31,8 @@ from prunelab.pruning import (
 )
 from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
 from prunelab.pruning.sparsity import is_relu_chain, measure_sparsity
+from prunelab.study.checkpoint import train_into
+from prunelab.study.lock import run_lock
 from prunelab.study.memory import PeakMemory
 from prunelab.study.runfolder import (
     Results,
@@ -38,12 +40,11 @@ from prunelab.study.runfolder import (
     RunConfig,
     environment_info,
     has_trained_model,
-    load_results,
     load_run,
-    save_run,
+    resumable_rows,
     write_results,
 )
-from prunelab.train import StepInfo, train
+from prunelab.train import StepInfo
 
 __all__ = [
     "DEFAULT_SPARSITIES",
@@ -171,14 +172,20 @@ def _bn_inputs(model: nn.Module, data: Dataset, config: SweepConfig,
 
 
 def sweep(
-    model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0
+    model: nn.Module, data: Dataset, config: SweepConfig, seed: int = 0,
+    skip: frozenset[tuple[str, float]] = frozenset(),
 ) -> Iterator[dict[str, Any]]:
-    """Yield one result row per method and sparsity, pruning and evaluating as it goes."""
+    """Yield one result row per method and sparsity, pruning and evaluating as it goes; rows
+    (method, sparsity_pct) in ``skip`` are left out. Each row draws its random numbers from a
+    generator seeded by (seed, method, k), so it does not depend on which rows ran before."""
     contexts = prune_contexts(data, config.methods, seed, config.calibration_size)
     bn_inputs = _bn_inputs(model, data, config, seed)
     for method in config.methods:
         context = contexts[method]
         for sparsity in method_sparsities(method, config):
+            if (method, round(sparsity * 100, 6)) in skip:
+                continue
+            context.generator.manual_seed(zlib.crc32(f"{seed}/{method}/{sparsity!r}".encode()))
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
                 pruned = apply_weights(model, prune(model, method, sparsity, context=context))
@@ -218,27 +225,11 @@ def ensure_trained(
 
     Returns (run, trained_now).
     """
-    if has_trained_model(run_dir, config):
-        return load_run(run_dir), False
-    model = build_model(config.family, config.model,
-                        torch.Generator().manual_seed(config.train.seed))
-    history = train(model, data, config.train, device, on_step)
-    model.cpu()
-    save_run(run_dir, config, model, history)
-    return load_run(run_dir), True
-
-
-def _rows_to_keep(run_dir: Path, run_meta: dict[str, Any],
-                  config: SweepConfig) -> list[dict]:
-    """Earlier rows of the same model that this sweep does not recompute."""
-    try:
-        earlier = load_results(run_dir)
-    except (FileNotFoundError, ValueError):
-        return []
-    if earlier.meta.get("run") != run_meta:
-        return []  # results of another model: stale
-    redo = {(m, round(s * 100, 6)) for m in config.methods for s in method_sparsities(m, config)}
-    return [r for r in earlier.rows if (r["method"], r["sparsity_pct"]) not in redo]
+    with run_lock(run_dir):  # another process on this folder: RunFolderBusy
+        if has_trained_model(run_dir, config):
+            return load_run(run_dir), False
+        train_into(run_dir, config, data, device, on_step)  # resumes from a checkpoint
+        return load_run(run_dir), True
 
 
 def run_sweep(
@@ -305,10 +296,18 @@ def sweep_model(
     }
     accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)
     dense = {"accuracy": accuracy, "loss": loss}
-    rows = _rows_to_keep(run_dir, run_meta, config)
-    for row in sweep(model, data_on_device, config, seed):
-        rows.append(row)
-        write_results(run_dir, dense, rows, meta)
-        if on_row is not None:
-            on_row(row)
+    sizes, bn = meta["sweep"]["calibration_sizes"], meta["sweep"]["bn_recalibrate"]
+    order = {(m, round(k * 100, 6)): {"calibration_size": sizes.get(m, 0),
+                                      "bn_recalibrated": bn and k > 0}
+             for m in config.methods for k in method_sparsities(m, config)}
+    with run_lock(run_dir):  # rows computed before with the same settings are not redone
+        rows = resumable_rows(run_dir, meta, order)
+        done = frozenset(k for r in rows if (k := (r["method"], r["sparsity_pct"])) in order)
+        rank = {key: i for i, key in enumerate(order)}  # rows in sweep order, others first
+        for row in sweep(model, data_on_device, config, seed, done):
+            rows.append(row)
+            rows.sort(key=lambda r: rank.get((r["method"], r["sparsity_pct"]), -1))
+            write_results(run_dir, dense, rows, meta)
+            if on_row is not None:
+                on_row(row)
     return Results(dense, rows, meta)
