@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -202,7 +203,9 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: IDX header declares {ndim} dimensions but the file ends early")
     shape = struct.unpack(f">{ndim}I", raw[4:header_len])
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize >= 2**62:  # even with a 0 in it
+        raise ValueError(f"{path}: IDX header declares shape {shape}, too large for any array")
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: np.prod would overflow
     if len(raw) - header_len != expected:
         raise ValueError(
             f"{path}: IDX header declares shape {shape} ({expected} bytes of data) "
