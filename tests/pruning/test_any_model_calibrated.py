@@ -108,16 +108,34 @@ def test_calibration_of_the_wrong_shape_is_named() -> None:
               context=PruneContext(calibration=torch.rand(5, 63)))
 
 
-def test_unit_methods_still_need_an_mlp() -> None:
-    with pytest.raises(ValueError, match=r"\[.unit-obs.\] need an MLP.*ResidualNet"):
-        prune(ResidualNet(), "unit-obs", 0.5, layers=["stem"],
-              context=PruneContext(calibration=torch.rand(5, 64)))
-
-
-def test_grouped_convs_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="groups=1.*groups=2"):
-        prune(ResidualNet(), "wanda", 0.5, layers=["block.3"],
-              context=PruneContext(calibration=torch.rand(5, 64)))
+def test_grouped_convs_are_pruned_per_group() -> None:
+    net, x = ResidualNet().eval(), _calibration(60, 64)
+    conv = net.block[3]  # groups=2: 4 output channels read 4 input channels each
+    grams = capture_grams(net, net, "block.3", x)
+    with torch.no_grad():
+        h = torch.relu(net.block[1](net.block[0](torch.relu(net.bn0(net.stem(
+            x.reshape(-1, 1, 8, 8)))))))
+    rows = F.unfold(h, 3, padding=1).transpose(1, 2).reshape(-1, 8 * 9).double()
+    assert grams.gram.shape == (2, 36, 36)
+    for g in range(2):  # group g's inputs are input channels 4g..4g+3
+        part = rows[:, 36 * g:36 * (g + 1)]
+        torch.testing.assert_close(grams.gram[g], part.T @ part / len(rows))
+    context = PruneContext(calibration=x)
+    w = prune(net, "refit-magnitude", 0.5, layers=["block.3"], context=context)["block.3"]
+    # each group's rows refit alone: as a plain conv refit on that group's inputs
+    for g in range(2):
+        solo = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)).eval()
+        with torch.no_grad():
+            solo[0].weight.copy_(conv.weight[4 * g:4 * (g + 1)])
+        ref = prune(solo, "refit-magnitude", 0.5, layers=["0"],
+                    context=PruneContext(calibration=h[:, 4 * g:4 * (g + 1)]))["0"]
+        torch.testing.assert_close(w[4 * g:4 * (g + 1)], ref, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        dense = net(x)
+        errors = {m: float((apply_weights(net, prune(net, m, 0.7, layers=["block.3"],
+                                                     context=context))(x) - dense).pow(2).mean())
+                  for m in ("weight", "sparsegpt", "refit-magnitude")}
+    assert errors["sparsegpt"] < errors["weight"] and errors["refit-magnitude"] < errors["weight"]
 
 
 def test_calibration_may_be_batches_or_a_loader_of_pairs() -> None:

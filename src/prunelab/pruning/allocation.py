@@ -5,7 +5,9 @@ in all), so comparisons with uniform methods at equal k remain fair; each layer 
 The allocation minimises the total *relative* output energy removed, estimated on the dense
 network: weight w_ij costs ``w_ij^2 * ||x_j||^2 / sum_layer(w^2 * ||x||^2)`` (Wanda's score,
 squared and normalised per layer), and one global threshold on that cost is the greedy optimum
-of the additive estimate. Cost: one dense forward pass and a sort of all weights.
+of the additive estimate. Cost: one dense forward pass and a sort of all weights. On a model
+that is not a Linear/ReLU chain the input energies come from forward hooks (a conv's columns
+are its unfolded patches' entries), one pass per layer.
 
 ``magnitude_allocation`` is the data-free alternative that works on any model: the per-layer
 sparsities one global |w| threshold gives (``global-weight``'s), so layers with large weights
@@ -14,28 +16,57 @@ sparsities one global |w| threshold gives (``global-weight``'s), so layers with 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from prunelab.pruning import PruneContext
-from prunelab.pruning.calibrated import calibration_inputs, chain, forward
+from prunelab.pruning.calibrated import calibration_inputs, chain, forward, model_inputs
+from prunelab.pruning.capture import capture_grams
+from prunelab.pruning.sparsity import is_relu_chain
+from prunelab.pruning.targets import as_matrix
 
 __all__ = ["energy_allocation", "magnitude_allocation"]
 
 
 def _layer_costs(model: nn.Module, names: list[str], context: PruneContext,
                  power: float) -> dict[str, torch.Tensor]:
+    if not is_relu_chain(model):
+        return _hooked_costs(model, names, context, power)
     x = calibration_inputs(model, context)
     costs, todo = {}, set(names)
     for name, layer in chain(model):
         w = layer.weight.detach().double()
         if name in todo:
-            energy = w**2 * (x**2).sum(0)[None, :]  # (out, in)
-            costs[name] = energy / energy.sum().clamp_min(1e-300) ** power
+            costs[name] = _relative(w, (x**2).sum(0), power)
             todo.discard(name)
         if not todo:
             break
         x = forward(layer, w, x, False)
+    return costs
+
+
+def _relative(w: torch.Tensor, col_energy: torch.Tensor, power: float) -> torch.Tensor:
+    energy = w**2 * col_energy  # (out, fan_in); col_energy (fan_in,) or per row (out, fan_in)
+    return energy / energy.sum().clamp_min(1e-300) ** power
+
+
+def _hooked_costs(model: nn.Module, names: list[str], context: PruneContext,
+                  power: float) -> dict[str, torch.Tensor]:
+    """Any model: each layer's input column energies from hooks on the dense network (conv
+    inputs unfolded: a column is one input channel at one kernel offset)."""
+    dense = copy.deepcopy(model).eval()
+    x = model_inputs(dense, context)
+    modules = dict(dense.named_modules())
+    costs = {}
+    for name in names:
+        g = capture_grams(dense, dense, name, x)
+        w = as_matrix(modules[name].weight.detach()).double()
+        col = g.gram.diagonal(dim1=-2, dim2=-1) * g.count  # (fan_in,) or (groups, fan_in)
+        if col.dim() == 2:  # a grouped conv: each group's rows see that group's inputs
+            col = col.repeat_interleave(len(w) // len(col), dim=0)
+        costs[name] = _relative(w, col, power)
     return costs
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from prunelab.models.mlp import linear_layers
 from prunelab.pruning import PruneContext
 from prunelab.pruning.batchnorm import has_batchnorm, reestimate_batchnorm_
-from prunelab.pruning.capture import capture_grams, forward_order
+from prunelab.pruning.capture import capture_grams, forward_order, groups_of
 from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.pruning.targets import as_matrix
 
@@ -162,6 +162,11 @@ def hooked_pair(model: nn.Module, names: list[str], context: PruneContext,
     return dense, copy.deepcopy(dense), x, forward_order(dense, names, x[:1])
 
 
+def _hooked_inputs(name: str, w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+                   count: int) -> LayerInputs:
+    return LayerInputs(name, w, w, gram, cross, (gram.diagonal().clamp_min(0) * count).sqrt())
+
+
 def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
                       step: StepFn) -> dict[str, torch.Tensor]:
     """Any model: per layer (forward order), Gram matrices from hooks on both networks."""
@@ -172,8 +177,12 @@ def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
         layer = modules[name]
         grams = capture_grams(dense, pruned, name, x)
         w = as_matrix(layer.weight.detach()).double()
-        new = step(LayerInputs(name, w, w, grams.gram, grams.cross,
-                               (grams.gram.diagonal().clamp_min(0) * grams.count).sqrt()))
+        if groups_of(layer) == 1:
+            new = step(_hooked_inputs(name, w, grams.gram, grams.cross, grams.count))
+        else:  # a grouped conv: each group's rows against that group's inputs
+            new = torch.cat([step(_hooked_inputs(name, wg, g, c, grams.count)) for wg, g, c in
+                             zip(w.chunk(groups_of(layer)), grams.gram, grams.cross,
+                                 strict=True)])
         out[name] = new.reshape(layer.weight.shape).to(layer.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(out[name])

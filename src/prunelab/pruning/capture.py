@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CALIBRATION_BATCH", "LayerGrams", "capture_grams", "forward_order", "layer_rows"]
+__all__ = [
+    "CALIBRATION_BATCH",
+    "LayerGrams",
+    "capture_grams",
+    "forward_order",
+    "groups_of",
+    "layer_rows",
+]
 
 CALIBRATION_BATCH = 64
 """Images per forward pass while capturing: bounds the unfolded rows held at once."""
@@ -35,9 +42,11 @@ class LayerGrams:
     """Second moments of one layer's inputs over the calibration set."""
 
     gram: torch.Tensor
-    """(fan_in, fan_in) float64 ``X_p^T X_p / count``: the pruned network's inputs."""
+    """(fan_in, fan_in) float64 ``X_p^T X_p / count``: the pruned network's inputs; a grouped
+    conv's are (groups, fan_in per group, fan_in per group), one per group."""
     cross: torch.Tensor
-    """(fan_in, fan_in) float64 ``X_d^T X_p / count``: dense rows against pruned rows."""
+    """(fan_in, fan_in) float64 ``X_d^T X_p / count``: dense rows against pruned rows (grouped
+    conv: per group, as ``gram``)."""
     count: int
     """Rows behind the averages (samples x output positions)."""
 
@@ -47,19 +56,28 @@ class _Stop(Exception):
 
 
 def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(rows, fan_in): ``x``, the input of ``module``, as the rows its weight multiplies."""
+    """``x``, the input of ``module``, as the rows its weight multiplies: (rows, fan_in), or
+    (groups, rows, fan_in per group) for a grouped conv, whose groups are separate problems
+    (output channels of group g read only input channels of group g)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding,
-                                                                                str):
-            raise ValueError("calibration-aware methods support Conv2d layers with groups=1, "
-                             "zero padding given as numbers; got "
-                             f"groups={module.groups}, padding={module.padding!r}, "
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError("calibration-aware methods support Conv2d layers with zero "
+                             f"padding given as numbers; got padding={module.padding!r}, "
                              f"padding_mode={module.padding_mode!r}")
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N * positions, in * kh * kw)
+        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N * positions, in * kh * kw)
+        if module.groups == 1:
+            return rows
+        # unfold orders columns by input channel, so each group's are contiguous
+        return rows.reshape(len(rows), module.groups, -1).transpose(0, 1)
     raise TypeError(f"cannot capture the inputs of a {type(module).__name__}")
+
+
+def groups_of(module: nn.Module) -> int:
+    """How many separate row problems a layer's weight is (a grouped conv's groups, else 1)."""
+    return getattr(module, "groups", 1)
 
 
 def _input_of(model: nn.Module, module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -96,10 +114,10 @@ def capture_grams(dense: nn.Module, pruned: nn.Module, name: str, inputs: torch.
             rows_d = layer_rows(d_layer, _input_of(dense, d_layer, batch))
             rows_p = layer_rows(p_layer, _input_of(pruned, p_layer, batch))
             # float32 products per batch, summed in float64: a batch's rows stay few enough.
-            g, c = (rows_p.T @ rows_p).double(), (rows_d.T @ rows_p).double()
+            g, c = (rows_p.mT @ rows_p).double(), (rows_d.mT @ rows_p).double()
             gram = g if gram is None else gram + g
             cross = c if cross is None else cross + c
-            count += len(rows_p)
+            count += rows_p.shape[-2]
     if gram is None or count == 0:
         raise ValueError("no calibration inputs to capture")
     return LayerGrams(gram / count, cross / count, count)

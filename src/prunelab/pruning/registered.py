@@ -19,7 +19,13 @@ from prunelab.pruning.refit import (
     sqrt_activation_score,
 )
 from prunelab.pruning.select import best_of
-from prunelab.pruning.structured import chain_or_graph, unit_refit_any
+from prunelab.pruning.structured import (
+    chain_or_graph,
+    graph_unit_compute,
+    obs_allocation_any,
+    obs_units,
+    unit_refit_any,
+)
 from prunelab.pruning.units import (
     UNIT_RELU_ROUNDS,
     activation_choice,
@@ -31,6 +37,10 @@ from prunelab.pruning.units import (
 from prunelab.pruning.wanda import wanda_compute, wanda_scores
 
 __all__: list[str] = []
+
+# Any other model than an MLP: channels chosen by group OBS, every later layer refit as well.
+_GRAPH_OBS = graph_unit_compute(obs_units, compensate=True)
+_GRAPH_OBS_ALLOCATED = graph_unit_compute(obs_units, obs_allocation_any, compensate=True)
 
 for _method in (
     PruningMethod("global-weight", "weight", global_weight,
@@ -71,25 +81,31 @@ for _method in (
                                 refit_output=True),
                   "per-layer sparsities from the relative output energy (overall k), "
                   "|w| * ||x|| mask, least-squares refit; output layer refit",
-                  needs_calibration=True, mlp_only=True, overall_sparsity=True),
+                  needs_calibration=True, overall_sparsity=True),
     PruningMethod("unit-act-refit", "unit",
                   chain_or_graph(unit_compute(activation_choice), unit_refit_any),
                   "units with the lowest ||activation|| * ||outgoing weights|| removed; the "
                   "layers reading them refit by least squares", needs_calibration=True),
-    PruningMethod("unit-obs", "unit", unit_compute(obs_choice),
-                  "units removed greedily by structured OBS, next layer refit by least squares",
-                  needs_calibration=True, mlp_only=True),
+    PruningMethod("unit-obs", "unit",
+                  chain_or_graph(unit_compute(obs_choice), _GRAPH_OBS),
+                  "units removed greedily by structured OBS (a channel: all the columns it "
+                  "feeds), the layers reading them refit by least squares",
+                  needs_calibration=True),
     PruningMethod("unit-obs-selected", "unit",
-                  best_of({f"batch {b}": unit_compute(obs_chooser(b))
-                           for b in (0.01, 0.02, 0.03, 0.05)}),
+                  chain_or_graph(best_of({f"batch {b}": unit_compute(obs_chooser(b))
+                                          for b in (0.01, 0.02, 0.03, 0.05)}),
+                                 _GRAPH_OBS),
                   "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
-                  "agreeing most with the dense predictions on the calibration images",
-                  needs_calibration=True, mlp_only=True),
+                  "agreeing most with the dense predictions on the calibration images (other "
+                  "models than an MLP: unit-obs, one unit per step)",
+                  needs_calibration=True),
     PruningMethod("unit-obs-allocated", "unit",
-                  unit_compute(obs_choice, obs_allocation, relu_rounds=UNIT_RELU_ROUNDS),
+                  chain_or_graph(unit_compute(obs_choice, obs_allocation,
+                                              relu_rounds=UNIT_RELU_ROUNDS),
+                                 _GRAPH_OBS_ALLOCATED),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "
-                  "hidden units overall) and a ReLU-aware refit of the next layer",
-                  needs_calibration=True, mlp_only=True, overall_sparsity=True),
+                  "pruned units overall); on an MLP a ReLU-aware refit of the next layer",
+                  needs_calibration=True, overall_sparsity=True),
 ):
     register(_method)
 

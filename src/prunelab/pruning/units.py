@@ -48,6 +48,7 @@ __all__ = [
     "obs_chooser",
     "obs_path",
     "relu_refit",
+    "spend_removals",
     "unit_compute",
 ]
 
@@ -143,6 +144,12 @@ def obs_allocation(model: nn.Module, names: list[str], sparsity: float,
         if not todo:
             break
         x = a
+    return spend_removals(steps, sparsity)
+
+
+def spend_removals(steps: dict[str, torch.Tensor], sparsity: float) -> dict[str, int]:
+    """{layer: units kept} from each layer's (units - 1,) non-decreasing relative removal costs:
+    the ``round(k * all units)`` cheapest removals across layers (every layer keeps one unit)."""
     flat = torch.cat(list(steps.values()))
     total = sum(len(c) + 1 for c in steps.values())
     chosen = torch.zeros(len(flat), dtype=torch.bool)
