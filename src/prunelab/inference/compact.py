@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prunelab.inference.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
+from prunelab.inference.structural import compact_graph
 from prunelab.models.mlp import MLP, linear_layers
 from prunelab.pruning.sparsity import effective_masks
 
@@ -154,16 +155,24 @@ def _check_chain(input_size: int, input_index: torch.Tensor, layers: Sequence[De
 
 
 def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
-            chunk: int | None = DEFAULT_CHUNK) -> CompactMLP:
-    """The smallest network computing ``model``'s outputs, its layers run as ``plan`` says.
+            chunk: int | None = DEFAULT_CHUNK,
+            example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """The smallest network computing ``model``'s outputs.
 
-    ``model`` is a ``prunelab.models.mlp.MLP`` (ReLU between Linear layers); ``plan`` names a
-    backend of ``LAYER_BACKENDS`` per layer, or one for all (default ``dense``). Output units are
-    kept.
+    A ``prunelab.models.mlp.MLP`` (ReLU between Linear layers) becomes a ``CompactMLP`` whose
+    layers run as ``plan`` says (a backend of ``LAYER_BACKENDS`` per layer, or one for all;
+    default ``dense``); output units are kept. Any other module needs ``example_inputs`` (a
+    batch it accepts) and comes back as a copy of itself with every dead channel, unit and
+    attention head physically removed (``structural.compact_graph``).
     """
     if not isinstance(model, MLP):
-        raise TypeError(f"compact needs a prunelab MLP (ReLU between Linear layers), "
-                        f"got {type(model).__name__}")
+        if example_inputs is None:
+            raise ValueError(f"compacting a {type(model).__name__} traces its graph: pass "
+                             "example_inputs= (a batch of inputs it accepts)")
+        if plan is not None:
+            raise ValueError("plan= chooses the layer backends of an MLP; for other models "
+                             "use prunelab.inference.sparse.sparsify on the compacted model")
+        return compact_graph(model, example_inputs)[0]
     layers = [m for _, m in linear_layers(model)]
     plan = _check_plan(plan, len(layers))
     masks = effective_masks(layers)

@@ -1,0 +1,324 @@
+"""Structural removal for any graph: a pruned model made physically smaller, proven equal.
+
+``compact_graph(model, example_inputs)`` returns a copy of ``model`` (the same classes, resized
+modules) from which every output channel / unit / attention head that pruning zeroed is gone,
+with everything that only fed it. Torch-Pruning's ``DependencyGraph`` does the tracing and the
+slicing: it knows which layers a channel couples (a residual add ties the stem, every block's
+last conv and the shortcuts together; a flatten maps one conv channel to many Linear columns;
+BatchNorm is sliced with its running statistics). What it cannot know is which channels are
+*dead*; that is decided here, exactly:
+
+- a channel group (one index of a coupled group) is a candidate when every layer writing it has
+  that output row's weights at zero (its bias, if any, makes it a constant);
+- the group's other members must map a constant to a constant: BatchNorm (its shift makes the
+  constant nonzero), ReLU/GELU, pooling, adds -- anything else holding weights (LayerNorm, which
+  mixes channels; a position embedding; an unknown module) keeps the channel, since removing it
+  would change what the others compute;
+- every layer reading the channel must then read zeros: its weight columns are zero (the
+  calibration-aware unit methods zero them), or the value it receives is 0 (ReLU of a negative
+  BatchNorm shift), or the value is a constant c that folds exactly into its bias: a Linear, or a
+  conv without padding (``bias += c * sum of the channel's weights``). A constant that reaches a
+  zero-padded conv is not a bias (the border sees the padding instead), so such a channel stays
+  and ``CompactionReport.kept`` says why.
+
+Attention heads of prunelab's ``vit`` (``models.vit.Attention``) are removed by
+``_compact_heads``: a head whose value rows (weights and bias) or whose output-projection
+columns are all zero contributes nothing, so its q, k, v rows and projection columns go and the
+head count drops.
+
+After slicing, the result is checked against the masked model on the example inputs and on a
+random batch of their shape; a difference beyond ``TOLERANCE`` raises (it would be a bug).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prunelab.models.vit import Attention
+from prunelab.pruning.targets import prunable_modules
+
+__all__ = ["TOLERANCE", "CompactionReport", "compact_graph", "max_difference"]
+
+TOLERANCE = 1e-4
+"""Largest difference allowed between compacted and masked outputs, relative to the largest
+output magnitude (at least 1). Removing exact zeros changes only the order and blocking of
+float32 sums: measured differences are ~1e-6 relative on the zoo (see tests)."""
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class CompactionReport:
+    """What ``compact_graph`` removed and what it had to leave."""
+
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per layer whose output channels were cut: (before, after)."""
+    heads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per attention module with heads removed: (before, after)."""
+    kept: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Per layer: zeroed channels left in, and why."""
+    folded: int = 0
+    """Constant channels folded into their readers' biases."""
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| relative to max(1, max |b|)."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
+
+
+def compact_graph(model: nn.Module, example_inputs: torch.Tensor,
+                  check: bool = True) -> tuple[nn.Module, CompactionReport]:
+    """(a physically smaller copy of ``model``, what was removed); ``model`` is unchanged.
+
+    ``example_inputs`` is a batch the model accepts (a few samples: the tracing and the checks
+    run on it). See the module docstring for what is removed and the guarantee.
+    """
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() == 0 or \
+            len(example_inputs) == 0:
+        raise ValueError("example_inputs must be a non-empty batch tensor of model inputs")
+    masked = copy.deepcopy(model).eval()
+    _check_example(masked, example_inputs)
+    net = copy.deepcopy(masked)
+    report = CompactionReport()
+    with torch.no_grad():
+        _compact_heads(net, report)
+    if not any(bool(_zero_rows(m).any()) for _, m in prunable_modules(net)):
+        return net, report  # no layer has a dead output: nothing to trace
+    graph = _trace(net, example_inputs)
+    names = {m: n for n, m in net.named_modules()}
+    output = prunable_modules(net)[-1][1] if prunable_modules(net) else None
+    skip = {m for a in net.modules() if isinstance(a, Attention)
+            for m in (a.q, a.k, a.v)}  # heads: _compact_heads
+    done: set[nn.Module] = set()
+    for name, layer in _forward_layers(net, example_inputs):
+        if layer is output or layer in skip or layer in done:
+            continue
+        zero, dead, writers, reason = _dead_channels(net, graph, layer, example_inputs, report)
+        done |= writers
+        before = layer.weight.shape[0]
+        if bool((zero & ~dead).any()):
+            report.kept[name] = (int((zero & ~dead).sum()), reason)
+        idxs = dead.nonzero().flatten().tolist()
+        if len(idxs) == before:  # a layer keeps one channel (zeros): shapes stay valid
+            idxs = idxs[1:]
+        if idxs:
+            graph.get_pruning_group(layer, _out_pruner(layer), idxs=idxs).prune()
+            for w in writers:
+                report.channels[names[w]] = (before, w.weight.shape[0])
+    net.zero_grad(set_to_none=True)
+    if check:
+        _check_equal(masked, net, example_inputs)
+    return net, report
+
+
+def _check_example(model: nn.Module, example: torch.Tensor) -> None:
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"example_inputs of shape {tuple(example.shape)} do not fit "
+                         f"{type(model).__name__}: {first}") from None
+
+
+def _trace(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
+        try:
+            return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
+        except (RuntimeError, ValueError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"cannot trace {type(net).__name__} on an example of shape "
+                             f"{tuple(example.shape)}: {first}") from None
+
+
+def _forward_layers(net: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Prunable layers in the order the forward pass reaches them."""
+    seen: list[tuple[str, nn.Module]] = []
+    handles = [m.register_forward_pre_hook(
+        lambda mod, _a, n=n: seen.append((n, mod)) if all(mod is not s for _, s in seen)
+        else None) for n, m in prunable_modules(net)]
+    try:
+        with torch.no_grad():
+            net(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _out_pruner(layer: nn.Module):
+    return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else \
+        tp.prune_linear_out_channels
+
+
+def _kind(dep) -> tuple[str, nn.Module | None]:
+    """('write' | 'read' | 'bn' | 'op' | 'other', module) for one member of a group."""
+    module = dep.target.module
+    if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+        return "other", None
+    if not isinstance(module, nn.Module) or isinstance(module, tp.ops.DummyMHA):
+        return "op", None
+    out = getattr(dep.handler, "__name__", "") == "prune_out_channels"
+    if isinstance(module, _LAYERS):
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            return "other", module
+        return ("write" if out else "read"), module
+    if isinstance(module, _BN):
+        return "bn", module
+    if isinstance(module, tp.ops._ElementWiseOp) or not any(True for _ in module.parameters()):
+        return "op", module
+    return "other", module
+
+
+def _dead_channels(net: nn.Module, graph: tp.DependencyGraph, root: nn.Module,
+                   example: torch.Tensor, report: CompactionReport):
+    """For ``root``'s coupled group: (bool (out,) channels every writer zeroed, bool (out,)
+    those that can go, the layers writing the group, why zeroed ones must stay)."""
+    n = root.weight.shape[0]
+    zero = _zero_rows(root)
+    candidates = zero.nonzero().flatten().tolist()
+    members = {j: [(*_kind(dep), [int(i) for i in idxs]) for dep, idxs in
+                   graph.get_pruning_group(root, _out_pruner(root), idxs=[j])]
+               for j in (candidates or [0])}  # one channel is enough to learn the writers
+    first = next(iter(members.values()))
+    writers = {m for kind, m, _ in first if kind == "write"} | {root}
+    for j in candidates:
+        for kind, m, idxs in members[j]:
+            if kind == "write":
+                zero[j] &= bool(_zero_rows(m)[idxs].all())
+    none = torch.zeros(n, dtype=torch.bool)
+    if not zero.any():
+        return zero, none, writers, ""
+    others = sorted({_label(m) for kind, m, _ in first if kind == "other"})
+    if others:
+        return zero, none, writers, f"coupled with {', '.join(others)}"
+    readers = {m for kind, m, _ in first if kind == "read"}
+    inputs = _reader_inputs(net, readers, example)
+    dead = zero.clone()
+    for j in zero.nonzero().flatten().tolist():
+        for kind, m, idxs in members[j]:
+            if kind == "read" and not _reads_nothing(m, idxs, inputs[m], report):
+                dead[j] = False
+    return zero, dead, writers, ("a nonzero constant (a bias or BatchNorm shift) reaches a "
+                                 "zero-padded conv")
+
+
+def _label(module: nn.Module | None) -> str:
+    if module is None:
+        return "a free parameter (e.g. a position embedding)"
+    if isinstance(module, nn.Conv2d):
+        return "a grouped Conv2d"
+    return type(module).__name__
+
+
+def _zero_rows(layer: nn.Module) -> torch.Tensor:
+    """Bool (out,): output rows of ``layer`` whose weights are all zero (whatever the bias:
+    the channel is then a constant, which its readers must ignore or absorb)."""
+    w = layer.weight.detach()
+    return (w.reshape(w.shape[0], -1) == 0).all(1)
+
+
+def _reader_inputs(net: nn.Module, readers: set[nn.Module],
+                   example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """What each reader receives on the example batch and on a random batch of its shape."""
+    got: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in readers}
+    handles = [m.register_forward_pre_hook(lambda mod, a: got[mod].append(a[0].detach()))
+               for m in readers]
+    probe = torch.rand(example.shape, generator=torch.Generator().manual_seed(0),
+                       dtype=example.dtype) if example.is_floating_point() else example
+    try:
+        with torch.no_grad():
+            net(example)
+            net(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: torch.cat([t.reshape(-1, *t.shape[1:]) for t in v]) for m, v in got.items()}
+
+
+def _reads_nothing(reader: nn.Module, idxs: list[int], x: torch.Tensor,
+                   report: CompactionReport) -> bool:
+    """Whether ``reader``'s input columns ``idxs`` contribute nothing; folds a constant into
+    its bias where that is exact (a Linear, a conv without padding)."""
+    w = reader.weight.detach()
+    if bool((w[:, idxs] == 0).all()):
+        return True
+    vals = x[:, idxs] if isinstance(reader, nn.Conv2d) else x[..., idxs]
+    if isinstance(reader, nn.Conv2d):
+        vals = vals.transpose(0, 1).reshape(len(idxs), -1)  # (channels, everything)
+    else:
+        vals = vals.reshape(-1, len(idxs)).T
+    if bool((vals == 0).all()):
+        return True
+    const = vals[:, :1]
+    if not bool((vals == const).all()):
+        return False
+    exact = isinstance(reader, nn.Linear) or all(p == 0 for p in reader.padding)
+    if not exact:
+        return False
+    with torch.no_grad():
+        cols = w[:, idxs].reshape(w.shape[0], len(idxs), -1).sum(2)  # (out, channels)
+        shift = cols @ const.flatten().to(w.dtype)
+        if reader.bias is None:
+            reader.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+        reader.bias += shift
+        reader.weight[:, idxs] = 0
+    report.folded += len(idxs)
+    return True
+
+
+def _compact_heads(net: nn.Module, report: CompactionReport) -> None:
+    """Remove the dead heads of every ``models.vit.Attention`` (module docstring)."""
+    names = {m: n for n, m in net.named_modules()}
+    for attn in [m for m in net.modules() if isinstance(m, Attention)]:
+        d = attn.q.out_features // attn.heads
+        live = []
+        for h in range(attn.heads):
+            rows = slice(h * d, (h + 1) * d)
+            v_zero = bool((attn.v.weight[rows] == 0).all()) and (
+                attn.v.bias is None or bool((attn.v.bias[rows] == 0).all()))
+            out_zero = bool((attn.proj.weight[:, rows] == 0).all())
+            if not (v_zero or out_zero):
+                live.append(h)
+        live = live or [0]
+        if len(live) == attn.heads:
+            continue
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in live])
+        for lin in (attn.q, attn.k, attn.v):
+            _slice_linear(lin, rows=rows)
+        _slice_linear(attn.proj, cols=rows)
+        report.heads[names[attn]] = (attn.heads, len(live))
+        attn.heads = len(live)
+
+
+def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
+                  cols: torch.Tensor | None = None) -> None:
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w[rows]
+        if lin.bias is not None:
+            lin.bias = nn.Parameter(lin.bias.detach()[rows].clone())
+        lin.out_features = len(rows)
+    if cols is not None:
+        w = w[:, cols]
+        lin.in_features = len(cols)
+    lin.weight = nn.Parameter(w.clone())
+
+
+def _check_equal(masked: nn.Module, net: nn.Module, example: torch.Tensor) -> None:
+    probe = torch.rand(example.shape, generator=torch.Generator().manual_seed(1),
+                       dtype=example.dtype) if example.is_floating_point() else example
+    with torch.no_grad():
+        for x in (example, probe):
+            diff = max_difference(net(x), masked(x))
+            if diff > TOLERANCE:
+                raise RuntimeError(f"compaction changed the outputs by {diff:.2e} (relative); "
+                                   "please report this model")
