@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,9 +32,9 @@ from torch import nn
 from prunelab.inference.layers import LAYER_BACKENDS, CSRNumbaLayer, DenseLayer, check_backend
 from prunelab.inference.structural import compact_graph
 from prunelab.models.mlp import MLP, linear_layers
-from prunelab.pruning.sparsity import effective_masks
+from prunelab.pruning.sparsity import effective_masks, measure_sparsity
 
-__all__ = ["BY_SAMPLE_MAX", "DEFAULT_CHUNK", "CompactMLP", "compact", "with_plan"]
+__all__ = ["BY_SAMPLE_MAX", "DEFAULT_CHUNK", "CompactMLP", "compact", "compacted_size", "with_plan"]
 
 DEFAULT_CHUNK = 1024
 """Samples per forward chunk of a feature-major plan (one with ``csr-torch`` layers): bigger
@@ -186,6 +187,19 @@ def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
         built.append(LAYER_BACKENDS[plan[i]](w, b, relu=not last))
         cols = rows
     return CompactMLP(layers[0].in_features, keep_in, built, chunk)
+
+
+def compacted_size(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(weights, multiply-adds per sample) of the dense network ``compact`` makes of ``model``:
+    what physical removal alone buys, zeros inside the remaining layers included (attention's
+    activation products too). ``example``: a batch of inputs ``model`` accepts."""
+    if isinstance(model, MLP):
+        shapes = [layer.shape for layer in compact(model).layers]
+        return sum(o * i for o, i in shapes), sum(o * i for o, i in shapes)
+    stats = measure_sparsity(compact_graph(model, example)[0], example=example[:1])
+    weights = sum(math.prod(layer.shape) for layer in stats.layers)
+    macs = sum(math.prod(layer.shape) * layer.positions for layer in stats.layers)
+    return weights, macs + stats.activation_macs_per_sample
 
 
 def _check_plan(plan: Sequence[str] | str | None, n_layers: int) -> tuple[str, ...]:

@@ -132,6 +132,16 @@ _SIZE_COLUMNS = (("eff. sparsity (%)", lambda r: f"{100 * r['effective_sparsity'
                  ("params", lambda r: f"{r['params_remaining']:,}"))
 
 
+def _pair(r: dict, live: str, compacted: str) -> str:
+    return f"{r[live]:,} / {r[compacted]:,}" if compacted in r else f"{r[live]:,} / n/a"
+
+
+_COMPACT_COLUMNS = (("params live / compacted", lambda r: _pair(r, "params_remaining",
+                                                                  "compact_params")),
+                    ("MACs live / compacted", lambda r: _pair(r, "macs_per_sample",
+                                                              "compact_macs")))
+
+
 def _table(results: Results, columns) -> str:
     """One row per k; for each method the given (header, format) columns."""
     methods = _by_method(results)
@@ -250,6 +260,13 @@ def render_report(results: Results, plot_dir: str = "plots") -> str:
         "cut off by dead units); *params* are the parameters that still can.",
         "",
         _table(results, _SIZE_COLUMNS),
+        "",
+        "*Live* counts the nonzero weights of the pruned layers and the multiply-adds they do "
+        "per sample (the nominal figures, reachable only by sparse execution); *compacted* "
+        "those of the dense network `prunelab compact` builds with every dead channel, unit "
+        "and head physically removed (zeros left inside its layers included).",
+        "",
+        _table(results, _COMPACT_COLUMNS),
         "",
         *[f"![{name}]({plot_dir}/{name}.png)" for name in PLOTS],
         "",

@@ -59,8 +59,8 @@ BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms"
 _NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
 RESULT_COLUMNS = (
     "method", "granularity", "sparsity_pct", "accuracy", "loss", "zero_fraction",
-    "effective_sparsity", "params_remaining", "params_total", "macs_per_sample", "seconds",
-    "peak_memory_mb",
+    "effective_sparsity", "params_remaining", "params_total", "macs_per_sample",
+    "compact_params", "compact_macs", "seconds", "peak_memory_mb",
 )
 
 
@@ -337,6 +337,8 @@ def _row_problem(row: Any) -> str | None:
                ("seconds", _number(row.get("seconds"), 0, 1e12))]
     if "peak_memory_mb" in row:  # results of older versions have none
         checks.append(("peak_memory_mb", _number(row["peak_memory_mb"], 0, 1e12)))
+    checks += [(k, _number(row[k], 0, 2**63)) for k in ("compact_params", "compact_macs")
+               if k in row]  # nor these
     bad = [k for k, ok in checks if not ok]
     return f"row field {bad[0]!r} is {row.get(bad[0])!r:.60}" if bad else None
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset, test_set_fingerprint
 from prunelab.evaluate import evaluate
+from prunelab.inference.compact import compacted_size
 from prunelab.pruning import (
     METHODS,
     PruneContext,
@@ -194,6 +195,7 @@ def sweep(
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
             stats = measure_sparsity(pruned, example=data.test_x[:1])
+            compact_params, compact_macs = compacted_size(pruned, data.test_x[:2])
             log.info("%s @ %g%%: accuracy %.4f", method, sparsity * 100, accuracy)
             yield {
                 "method": method,
@@ -208,6 +210,8 @@ def sweep(
                 "params_remaining": stats.params_remaining,
                 "params_total": stats.params_total,
                 "macs_per_sample": stats.macs_per_sample,
+                "compact_params": compact_params,
+                "compact_macs": compact_macs,
                 "seconds": seconds,
                 "peak_memory_mb": max(peak.rss_bytes, peak.cuda_bytes) / 2**20,
                 "layers": [asdict(layer) for layer in stats.layers],
