@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from prunelab.data import load_dataset
+from prunelab.inference.export import load_model
+from prunelab.inference.structural import TOLERANCE, max_difference
 from prunelab.pruning import METHODS
 from prunelab.study.runfolder import load_results, load_run
+from prunelab.study.speed import pruned_from_run
 
 from ..conftest import assert_one_line_error, invoke
 
@@ -47,6 +52,28 @@ def test_each_family_trains_sweeps_and_reports(family, tiny_data_dir, tmp_path):
                for r in results.rows)
     assert results.meta["sweep"]["bn_recalibrate"] == (family == "resnet")
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    dense_size = by_k[("weight", 0)]["compact_params"]
+    assert dense_size == by_k[("weight", 0)]["params_total"]  # nothing to remove at k = 0
+    assert all(r["compact_params"] <= dense_size for r in results.rows)
+    if family != "resnet":  # unit rows zero whole units; constants fold into the readers
+        assert by_k[("unit", 50)]["compact_params"] < dense_size
+    assert "live / compacted" in (out / "report.md").read_text()
+    # the compacted model: saved, rebuilt without the run folder, equal to the masked model
+    result = invoke("compact", out, "--method", "unit-act-refit", "--sparsity", "50",
+                    "--out", tmp_path / "c.safetensors", "--onnx", tmp_path / "c.onnx",
+                    "--data-dir", tiny_data_dir)
+    assert result.exit_code == 0, result.output
+    assert "ONNX Runtime agrees with torch within" in result.output
+    assert "channels" in result.output
+    net = load_model(tmp_path / "c.safetensors")
+    _, masked = pruned_from_run(out, "unit-act-refit", 0.5, load_dataset(
+        "fashion-mnist", tiny_data_dir))
+    x = torch.rand(20, 784)
+    with torch.no_grad():
+        assert max_difference(net(x), masked(x)) <= TOLERANCE
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in masked.parameters())
+    info = invoke("model-info", tmp_path / "c.safetensors")
+    assert info.exit_code == 0 and type(run.model).__name__ in info.output
 
 
 def test_recipe_defaults_and_overrides(tiny_data_dir, tmp_path):

@@ -157,8 +157,10 @@ def test_mixed_plans_without_torch_csr_stay_batch_major(monkeypatch, plan, bias)
 
 
 def test_bad_input_is_named():
-    with pytest.raises(TypeError, match="prunelab MLP"):
+    with pytest.raises(ValueError, match="compacting a Linear traces its graph: pass example"):
         compact(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="plan= chooses the layer backends of an MLP"):
+        compact(torch.nn.Linear(3, 2), "dense", example_inputs=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="unknown layer backend 'blocked'"):
         compact(_net(), "blocked")
     with pytest.raises(ValueError, match="2 backends for 4 layers"):

@@ -5,6 +5,7 @@ Registered on the ``prunelab`` group in ``prunelab.cli.main``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,12 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from prunelab.cli.parse import parse_batch_sizes, parse_methods, parse_percents
+from prunelab.inference.compact import CompactMLP
 from prunelab.inference.export import load_model
+from prunelab.inference.structural import CompactionReport
 from prunelab.inference.timing import load_warning
 from prunelab.pruning import METHODS
+from prunelab.pruning.targets import prunable_modules
 from prunelab.report.speed import plan_lines, plot_bench, speedup_table
 from prunelab.report.writer import write_run_reports
 from prunelab.study.deploy import EXPORT_BACKENDS, compact_run
@@ -89,16 +93,40 @@ def compact_cmd(run_dir, method, sparsity, out, backend, batch_size, data_dir, o
         raise ValueError(f"--sparsity takes a percent in [0, 100], got {sparsity:g}")
     k = sparsity / 100
     done = compact_run(run_dir, method, k, out, backend, batch_size, data_dir, onnx)
-    click.echo(f"saved {done.model_path} and {done.spec_path}: layer sizes "
-               f"{list(done.net.sizes)}, backends {list(done.net.plan)}")
+    click.echo(f"saved {done.model_path} and {done.spec_path}: {describe(done.net)}")
+    if done.report is not None:
+        for line in report_lines(done.report):
+            click.echo(f"  {line}")
     if done.onnx_path is not None:
-        click.echo(f"saved {done.onnx_path} (ONNX, dense layers, dynamic batch)")
+        checked = "" if done.onnx_difference is None else (
+            f"; ONNX Runtime agrees with torch within {done.onnx_difference:.1e} (relative)")
+        click.echo(f"saved {done.onnx_path} (ONNX, dense layers, dynamic batch{checked})")
 
 
 @click.command(name="model-info")
 @click.argument("model_file", type=click.Path(path_type=Path))
 def model_info(model_file) -> None:
-    """Layer sizes and backends of a model file written by `prunelab compact`."""
-    net = load_model(model_file)
-    click.echo(f"{model_file}: layer sizes {list(net.sizes)} (input features read of "
-               f"{net.input_size}), backends {list(net.plan)}")
+    """Layers of a model file written by `prunelab compact`."""
+    click.echo(f"{model_file}: {describe(load_model(model_file))}")
+
+
+def describe(net) -> str:
+    """One line on a saved or compacted network."""
+    if isinstance(net, CompactMLP):
+        return (f"layer sizes {list(net.sizes)} (input features read of {net.input_size}), "
+                f"backends {list(net.plan)}")
+    layers = [(n, tuple(m.weight.shape)) for n, m in prunable_modules(net)]
+    weights = sum(math.prod(shape) for _, shape in layers)
+    return (f"{type(net).__name__}, {weights:,} weights in {len(layers)} layers: "
+            + ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in layers))
+
+
+def report_lines(report: CompactionReport) -> list[str]:
+    """What a compaction removed, one line each."""
+    lines = [f"{name}: {a} -> {b} channels" for name, (a, b) in report.channels.items()]
+    lines += [f"{name}: {a} -> {b} heads" for name, (a, b) in report.heads.items()]
+    lines += [f"{name}: {n} zeroed channels kept ({why})" for name, (n, why) in
+              report.kept.items()]
+    if report.folded:
+        lines.append(f"{report.folded} constant inputs folded into biases")
+    return lines or ["no channel, unit or head was dead: same size as the dense model"]

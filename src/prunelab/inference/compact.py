@@ -190,16 +190,18 @@ def compact(model: nn.Module, plan: Sequence[str] | str | None = None,
 
 
 def compacted_size(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(weights, multiply-adds per sample) of the dense network ``compact`` makes of ``model``:
-    what physical removal alone buys, zeros inside the remaining layers included (attention's
-    activation products too). ``example``: a batch of inputs ``model`` accepts."""
+    """(parameters, multiply-adds per sample) of the dense network ``compact`` makes of
+    ``model``: what physical removal alone buys, zeros left inside its layers included.
+    Parameters are the prunable layers' weights and biases, as ``measure_sparsity`` counts
+    ``params_total``; MACs include attention's activation products. ``example``: a batch of
+    inputs ``model`` accepts."""
     if isinstance(model, MLP):
-        shapes = [layer.shape for layer in compact(model).layers]
-        return sum(o * i for o, i in shapes), sum(o * i for o, i in shapes)
+        layers = compact(model).layers
+        macs = sum(o * i for o, i in (layer.shape for layer in layers))
+        return macs + sum(layer.bias.numel() for layer in layers if layer.bias is not None), macs
     stats = measure_sparsity(compact_graph(model, example)[0], example=example[:1])
-    weights = sum(math.prod(layer.shape) for layer in stats.layers)
     macs = sum(math.prod(layer.shape) * layer.positions for layer in stats.layers)
-    return weights, macs + stats.activation_macs_per_sample
+    return stats.params_total, macs + stats.activation_macs_per_sample
 
 
 def _check_plan(plan: Sequence[str] | str | None, n_layers: int) -> tuple[str, ...]:

@@ -35,8 +35,19 @@ from torch import nn
 from prunelab.files import atomic_write
 from prunelab.inference.compact import CompactMLP
 from prunelab.inference.layers import LAYER_BACKENDS, DenseLayer, check_backend
+from prunelab.inference.zoofile import GRAPH_FORMAT, load_graph, save_graph
 
-__all__ = ["FORMAT", "check_onnx", "export_onnx", "load_model", "save_model", "spec_path"]
+__all__ = [
+    "FORMAT",
+    "check_onnx",
+    "check_onnxruntime",
+    "export_onnx",
+    "load_model",
+    "onnxruntime_session",
+    "run_onnx",
+    "save_model",
+    "spec_path",
+]
 
 FORMAT = "prunelab-compact-mlp"
 VERSION = 1
@@ -62,11 +73,19 @@ def _layer_tensors(i: int, layer: DenseLayer) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_model(net: CompactMLP, path: Path) -> Path:
-    """Write ``net`` to ``path`` (safetensors) and its layer spec; returns the spec's path."""
+def save_model(net: nn.Module, path: Path, family: str | None = None,
+               config: Any = None) -> Path:
+    """Write ``net`` to ``path`` (safetensors) and its layer spec; returns the spec's path.
+
+    ``net`` is a ``CompactMLP``, or a (compacted) zoo model of ``family`` built from ``config``
+    (``zoofile``: rebuilt by ``load_model`` from prunelab's zoo alone). A module prunelab could
+    not rebuild is refused: export it to ONNX instead."""
     if not isinstance(net, CompactMLP):
-        raise TypeError(f"save_model takes a CompactMLP (see prunelab.inference.compact), "
-                        f"got {type(net).__name__}")
+        if family is None:
+            raise TypeError(f"save_model takes a CompactMLP or a zoo model with its family and "
+                            f"config; a {type(net).__name__} cannot be rebuilt from a file "
+                            "(export it with export_onnx instead)")
+        return save_graph(net, Path(path), family, config)
     path = Path(path)
     tensors = {"input_index": net.input_index}
     for i, layer in enumerate(net.layers):
@@ -90,8 +109,8 @@ def _read_spec(path: Path) -> dict[str, Any]:
         spec = json.loads(spec_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{spec_file}: not valid JSON ({e})") from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise ValueError(f"{spec_file}: not a {FORMAT} spec")
+    if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, GRAPH_FORMAT):
+        raise ValueError(f"{spec_file}: not a prunelab model spec ({FORMAT} or {GRAPH_FORMAT})")
     if spec.get("version") != VERSION:
         raise ValueError(f"{spec_file}: format version {spec.get('version')!r}, "
                          f"this prunelab reads version {VERSION}")
@@ -121,12 +140,15 @@ def _layer(tensors: dict[str, torch.Tensor], i: int, entry: dict[str, Any],
     return LAYER_BACKENDS[check_backend(entry["backend"])](w, bias, relu=not last)
 
 
-def load_model(path: Path | str) -> CompactMLP:
-    """The network saved by ``save_model`` at ``path``, ready to run (inference only)."""
+def load_model(path: Path | str) -> nn.Module:
+    """The network saved by ``save_model`` at ``path``, ready to run (inference only): a
+    ``CompactMLP``, or the compacted zoo module."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     spec = _read_spec(path)
+    if spec["format"] == GRAPH_FORMAT:
+        return load_graph(path, spec)
     try:
         tensors = safetensors.torch.load_file(path)
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -176,19 +198,49 @@ def check_onnx() -> None:
         raise ImportError("ONNX export needs the onnx package: pip install 'prunelab[onnx]'")
 
 
-def export_onnx(net: CompactMLP, path: Path | str, opset: int = 17) -> Path:
-    """Write ``net`` to ``path`` as an ONNX model, input ``input`` (batch, input_size) float32,
-    output ``logits`` (batch, classes); the batch axis is dynamic. Written atomically."""
-    if not isinstance(net, CompactMLP):
-        raise TypeError(f"export_onnx takes a CompactMLP (see prunelab.inference.compact), "
-                        f"got {type(net).__name__}")
+def export_onnx(net: nn.Module, path: Path | str, opset: int = 17,
+                example_inputs: torch.Tensor | None = None) -> Path:
+    """Write ``net`` to ``path`` as an ONNX model, input ``input`` (batch, features) float32,
+    output ``logits`` (batch, classes); the batch axis is dynamic. Written atomically.
+
+    ``net`` is a ``CompactMLP`` (exported as gather, Gemm and Relu) or any module that takes
+    ``example_inputs`` (default: one 784-pixel image, the zoo's input)."""
     check_onnx()
-    plain = _PlainMLP(net).eval()
+    if isinstance(net, CompactMLP):
+        plain, example = _PlainMLP(net).eval(), torch.zeros(1, net.input_size)
+    else:
+        plain = net.eval()
+        example = torch.zeros(1, 784) if example_inputs is None else example_inputs[:1]
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter is "legacy" since torch 2.9
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(plain, (torch.zeros(1, net.input_size),), buf, input_names=["input"],
+        warnings.simplefilter("ignore")
+        torch.onnx.export(plain, (example,), buf, input_names=["input"],
                           output_names=["logits"], opset_version=opset, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     atomic_write(Path(path), buf.getvalue())
     return Path(path)
+
+
+def check_onnxruntime() -> None:
+    """An ``ImportError`` naming the extra when ONNX Runtime is missing."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("running ONNX files needs ONNX Runtime: pip install 'prunelab[onnx]'")
+
+
+def onnxruntime_session(path: Path | str, threads: int | None = None):
+    """An ONNX Runtime CPU session on ``path``: ``threads`` intra-op threads (default torch's),
+    thread spinning off (spinning threads would steal the cores from whatever runs next)."""
+    check_onnxruntime()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: torch.Tensor) -> torch.Tensor:
+    """``session``'s logits for the float32 batch ``x``."""
+    return torch.from_numpy(session.run(["logits"], {"input": x.detach().float().numpy()})[0])

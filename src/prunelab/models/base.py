@@ -32,7 +32,7 @@ M = TypeVar("M", bound=nn.Module)
 def as_images(x: torch.Tensor) -> torch.Tensor:
     """(N, 784) or (N, 1, 28, 28) -> (N, 1, 28, 28); any other shape is a ValueError."""
     if x.dim() == 2 and x.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]:
-        return x.reshape(len(x), *IMAGE_SHAPE)
+        return x.reshape(-1, *IMAGE_SHAPE)  # -1, not len(x): an ONNX batch axis stays dynamic
     if x.dim() == 4 and tuple(x.shape[1:]) == IMAGE_SHAPE:
         return x
     raise ValueError(f"expected input of shape (N, 784) or (N, 1, 28, 28), got {tuple(x.shape)}")

@@ -168,7 +168,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(patchify(as_images(x), self.patch))  # (N, patches, dim)
         if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         h = self.norm(self.blocks(tokens + self.pos_embed))  # (N, tokens, dim)
         pooled = h[:, 0] if self.cls_token is not None else h.mean(dim=1)
         return self.head(pooled)

@@ -22,9 +22,10 @@ from prunelab.inference.compact import compact
 from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
 from prunelab.models.mlp import linear_layers
 from prunelab.pruning import METHODS, apply_weights, check_sparsity, prune
+from prunelab.pruning.batchnorm import recalibrate_batchnorm
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, write_bench
-from prunelab.study.sweep import prune_contexts
+from prunelab.study.sweep import SweepConfig, bn_inputs_for, bn_recalibrates, prune_contexts
 
 __all__ = [
     "NETWORK_BACKENDS",
@@ -167,16 +168,22 @@ def pruned_from_run(run_dir: Path, method: str, sparsity: float, data: Dataset |
     """(trained model, its copy pruned by ``method`` at ``sparsity``) from ``run_dir``.
 
     By default with the run's seed and the method's calibration size, as ``prunelab sweep``
-    prunes it: the model is the one whose accuracy ``results.csv`` reports.
+    prunes it (BatchNorm statistics re-estimated for a model that has BatchNorm): the model is
+    the one whose accuracy ``results.csv`` reports.
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose from {sorted(METHODS)}")
     run = load_run(Path(run_dir))
-    if METHODS[method].needs_calibration:
+    config = SweepConfig((method,), (sparsity,), calibration_size)
+    recalibrate = sparsity > 0 and bn_recalibrates(run.model, config)
+    if METHODS[method].needs_calibration or recalibrate:
         data = data or load_dataset(run.config.dataset)
     seed = run.config.train.seed if seed is None else seed
     context = prune_contexts(data, (method,), seed, calibration_size)[method]
-    return run.model, apply_weights(run.model, prune(run.model, method, sparsity, context=context))
+    pruned = apply_weights(run.model, prune(run.model, method, sparsity, context=context))
+    if recalibrate:  # as the sweep does: BatchNorm statistics of the pruned network
+        pruned = recalibrate_batchnorm(pruned, bn_inputs_for(run.model, data, config, seed))
+    return run.model, pruned
 
 
 def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[float, ...],

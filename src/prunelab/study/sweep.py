@@ -163,7 +163,7 @@ def bn_recalibrates(model: nn.Module, config: SweepConfig) -> bool:
     return config.bn_recalibrate
 
 
-def _bn_inputs(model: nn.Module, data: Dataset, config: SweepConfig,
+def bn_inputs_for(model: nn.Module, data: Dataset, config: SweepConfig,
                seed: int) -> torch.Tensor | None:
     """Calibration images for BatchNorm re-estimation (the calibration draw), or None."""
     if not bn_recalibrates(model, config):
@@ -180,7 +180,7 @@ def sweep(
     (method, sparsity_pct) in ``skip`` are left out. Each row draws its random numbers from a
     generator seeded by (seed, method, k), so it does not depend on which rows ran before."""
     contexts = prune_contexts(data, config.methods, seed, config.calibration_size)
-    bn_inputs = _bn_inputs(model, data, config, seed)
+    bn_inputs = bn_inputs_for(model, data, config, seed)
     for method in config.methods:
         context = contexts[method]
         for sparsity in method_sparsities(method, config):
