@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from prunelab import data as data_mod
+from prunelab.study.executors import JobFailed, make_executor
 from prunelab.study.runfolder import load_results, load_run
-from prunelab.study.seeds import SeedFailed, run_jobs, seed_jobs
 
 from ..conftest import assert_one_line_error, invoke, make_dataset_dir
 from ..seedfakes import write_fake_run
@@ -94,16 +94,14 @@ def test_parallel_worker_error_surfaces_as_one_line(tiny, tmp_path):
         (bad / f.name).write_bytes(b"not the file")
     result = invoke("run", *TINY, "--seeds", "0,1", "--workers", "2",
                     "--data-dir", tmp_path / "data", "--out", tmp_path / "r")
-    assert_one_line_error(result, "seed ", "checksum mismatch")
+    assert_one_line_error(result, "checksum mismatch")  # found before any job starts
+    assert not (tmp_path / "r").exists()
 
 
-def test_run_jobs_rejects_bad_workers(tmp_path):
-    from prunelab.study.runfolder import RunConfig
-
-    jobs = seed_jobs(tmp_path, RunConfig(), (0,), None, None, "cpu")
+def test_executors_reject_bad_workers():
     with pytest.raises(ValueError, match="workers"):
-        run_jobs(jobs, workers=0)
-    assert issubclass(SeedFailed, RuntimeError)
+        make_executor("local", workers=0)
+    assert issubclass(JobFailed, RuntimeError)
 
 
 def test_compare_cli(tmp_path):

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from prunelab.cli.grid import study
 from prunelab.cli.infer import bench, compact_cmd, model_info
 from prunelab.cli.study import compare, report, run, sweep, train
-from prunelab.study.seeds import SeedFailed
+from prunelab.study.executors import JobFailed
 
 __all__ = ["cli", "main"]
 
@@ -25,7 +26,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ValueError, TypeError, OSError, ImportError, SeedFailed) as e:
+        except (ValueError, TypeError, OSError, ImportError, JobFailed) as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; files already written are intact", err=True)
@@ -40,7 +41,7 @@ def cli(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (run, train, sweep, report, compare, bench, compact_cmd, model_info):
+for _command in (run, train, sweep, report, compare, study, bench, compact_cmd, model_info):
     cli.add_command(_command)
 
 

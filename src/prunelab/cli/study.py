@@ -5,7 +5,6 @@ Sparsities are given in percent here, like the original challenge, and converted
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ import click
 import torch
 from tqdm import tqdm
 
+from prunelab.cli.grid import executor_options, run_jobs
 from prunelab.cli.parse import (
     model_config,
     parse_hidden,
@@ -29,6 +29,7 @@ from prunelab.pruning import METHODS
 from prunelab.report.writer import write_all, write_run_reports, write_seed_report
 from prunelab.study.checkpoint import checkpoint_epoch
 from prunelab.study.compare import compare_runs
+from prunelab.study.driver import GridSettings, RunJob, seed_jobs
 from prunelab.study.lock import run_lock
 from prunelab.study.multiseed import (
     SUMMARY_CSV,
@@ -38,7 +39,6 @@ from prunelab.study.multiseed import (
     write_summary,
 )
 from prunelab.study.runfolder import RunConfig, has_trained_model, load_run
-from prunelab.study.seeds import SeedJob, default_workers, run_jobs, seed_jobs
 from prunelab.study.sweep import (
     DEFAULT_SPARSITIES,
     SweepConfig,
@@ -89,9 +89,7 @@ def _common_options(f: Callable) -> Callable:
 
 
 def _seed_options(f: Callable) -> Callable:
-    f = click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Parallel worker processes for several seeds [default: one per core, "
-                          "at most one per seed].")(f)
+    f = executor_options(f)  # for several seeds
     return click.option("--seeds", "seeds_text", default=None,
                         help="Comma-separated seeds, e.g. 0,1,2,3,4: one run folder per seed "
                              "inside the run folder, then mean ± 95 % CI over seeds. "
@@ -177,22 +175,17 @@ def _report(run_dir: Path, seeds: tuple[int, ...] | None = None) -> None:
     click.echo(f"report: {md} and {page}")
 
 
-def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
-    start = time.perf_counter()
-    with tqdm(total=0, desc=f"{len(jobs)} seeds", unit="step", dynamic_ncols=True) as bar:
-        def progress(kind: str, n: int) -> None:
-            if kind == "total":
-                bar.total += n
-                bar.refresh()
-            else:
-                bar.update(n)
+def _run_seeds(jobs: list[RunJob], run_dir: Path, executor: str, workers: int | None,
+               address: str | None, data_dir: Path | None, device: str,
+               then: Callable[[], None]) -> None:
+    """Train and sweep several seeds on ``executor``; then the reports, ``then()``."""
+    def reports() -> None:
+        for job in jobs:
+            if job.sweep is not None:
+                write_seed_report(job.run_dir)  # each seed folder is a complete run
+        then()
 
-        run_jobs(jobs, workers, progress)
-    for job in jobs:
-        if job.sweep is not None:
-            write_seed_report(job.run_dir)  # each seed folder is a complete run
-    used = min(workers or default_workers(len(jobs)), len(jobs))
-    click.echo(f"{len(jobs)} seeds with {used} worker(s) in {time.perf_counter() - start:.1f} s")
+    run_jobs(jobs, executor, workers, address, run_dir, GridSettings(data_dir, device), reports)
 
 
 @click.command()
@@ -201,8 +194,8 @@ def _run_seeds(jobs: list[SeedJob], workers: int | None) -> None:
 @_sweep_options
 @_common_options
 def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text,
-        workers, sparsities, methods, calibration_size, bn_recalibrate, device,
-        data_dir) -> None:
+        executor, workers, ray_address, sparsities, methods, calibration_size, bn_recalibrate,
+        device, data_dir) -> None:
     """Train (unless already trained), sweep every method and sparsity, plot, report."""
     seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
     config = _run_config(dataset, family, model_opts, epochs, seeds[0], batch_size, lr, hidden,
@@ -211,10 +204,9 @@ def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias,
                                calibration_size, bn_recalibrate)
     run_dir = out or default_run_dir(dataset, seeds, family)
     if len(seeds) > 1:
-        with run_lock(run_dir):  # a second process on this folder fails at once (RunFolderBusy)
-            _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config, data_dir, device),
-                       workers)
-            _report(run_dir, seeds)  # other seed<k>/ in the folder are not this run's
+        _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config), run_dir, executor, workers,
+                   ray_address, data_dir, device,
+                   lambda: _report(run_dir, seeds))  # other seed<k>/ are not this run's
         return
     dev, data = resolve_device(device), load_dataset(dataset, data_dir)  # before any write
     with run_lock(run_dir):
@@ -237,16 +229,15 @@ def train(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bia
         _train(config, run_dir, data, dev)
 
 
-def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
-                     data_dir: Path | None, device: str) -> list[SeedJob]:
+def _saved_seed_jobs(run_dir: Path, seeds_text: str | None,
+                     config: SweepConfig) -> list[RunJob]:
     found = seed_dirs(run_dir)
     seeds = parse_seeds(seeds_text) if seeds_text is not None else tuple(found)
     missing = [s for s in seeds if s not in found]
     if missing:
         raise ValueError(f"{run_dir} has no folder for seed(s) {missing}; it has {list(found)}")
-    for s in seeds:
-        load_run(found[s])  # a seed without a complete model fails here, before any work
-    return [SeedJob(found[s], None, config, data_dir, device) for s in seeds]
+    # a seed without a complete model fails here, before any work
+    return [RunJob(found[s], load_run(found[s]).config, config) for s in seeds]
 
 
 @click.command()
@@ -254,8 +245,8 @@ def _saved_seed_jobs(run_dir: Path, seeds_text: str | None, config: SweepConfig,
 @_seed_options
 @_sweep_options
 @_common_options
-def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, bn_recalibrate,
-          device, data_dir) -> None:
+def sweep(run_dir, seeds_text, executor, workers, ray_address, sparsities, methods,
+          calibration_size, bn_recalibrate, device, data_dir) -> None:
     """Prune the model in RUN_DIR with every method at every sparsity; write results.
 
     On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
@@ -268,12 +259,13 @@ def sweep(run_dir, seeds_text, workers, sparsities, methods, calibration_size, b
     if not found and seeds_text is not None:
         raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "
                          f"{run_dir} is a single-seed folder")
+    if found:
+        _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config), run_dir, executor, workers,
+                   ray_address, data_dir, device,
+                   lambda: write_summary(run_dir, summarize_run(run_dir)))
+        click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
+        return
     with run_lock(run_dir):  # a second process on this folder fails at once (RunFolderBusy)
-        if found:
-            _run_seeds(_saved_seed_jobs(run_dir, seeds_text, config, data_dir, device), workers)
-            write_summary(run_dir, summarize_run(run_dir))
-            click.echo(f"summary over seeds in {run_dir / SUMMARY_CSV}")
-            return
         _sweep(run_dir, config, data_dir, resolve_device(device))
 
 

@@ -49,13 +49,15 @@ __all__ = [
     "save_run",
     "write_bench",
     "write_results",
+    "write_trained",
 ]
 
 CONFIG, MODEL, HISTORY = "config.json", "model.safetensors", "history.json"
 RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
 BENCH_CSV, BENCH_JSON = "bench.csv", "bench.json"
 BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms",
-                 "speedup_vs_dense", "flop_ratio", "plan", "max_abs_diff", "repeats", "threads")
+                 "speedup_vs_dense", "speedup_vs_best_dense", "flop_ratio", "plan",
+                 "max_abs_diff", "repeats", "threads")
 _NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
 RESULT_COLUMNS = (
     "method", "granularity", "sparsity_pct", "accuracy", "loss", "zero_fraction",
@@ -183,11 +185,19 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def save_run(run_dir: Path, config: RunConfig, model: nn.Module, history: list[EpochStats]) -> None:
     """Save a freshly trained model; the config is written last and marks the model complete."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_trained(run_dir, config, safetensors.torch.save(state), [asdict(h) for h in history])
+
+
+def write_trained(run_dir: Path, config: RunConfig, model_file: bytes,
+                  history: list[dict[str, Any]]) -> None:
+    """``save_run`` from the model file's bytes (safetensors) and the history's records, as a
+    study's driver gets them from its workers."""
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG).unlink(missing_ok=True)  # a model without its config is never reused
-    _write_json(run_dir / HISTORY, [asdict(h) for h in history])
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / MODEL, safetensors.torch.save(state))
+    _write_json(run_dir / HISTORY, history)
+    atomic_write(run_dir / MODEL, model_file)
     _write_json(run_dir / CONFIG, config.to_dict())
 
 
@@ -376,6 +386,8 @@ def read_bench(run_dir: Path) -> list[dict[str, Any]]:
             for key in _NUMERIC:
                 row[key] = float(row[key])
             row["batch_size"] = int(row["batch_size"])
+            best = row.get("speedup_vs_best_dense")  # tables of older versions have none
+            row["speedup_vs_best_dense"] = float(best) if best not in (None, "") else None
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a prunelab bench table ({_first_line(e)})") from None
     return rows
