@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 """Seconds to wait for a Ray cluster's address to answer before giving up."""
 _DEFAULT_PORT = 6379  # the port `ray start --head` listens on
+_SETTINGS = 0x4  # HTTP/2 frame type
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, _SETTINGS, 0, 0, 0, 0, 0])
+"""HTTP/2's client connection preface and an empty SETTINGS frame."""
 
 
 def import_ray() -> Any:
@@ -42,8 +46,13 @@ def import_ray() -> Any:
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """ConnectionError unless something listens at ``address`` (``host[:port]`` or
-    ``ray://host:port``) within ``timeout`` seconds; ``auto`` is left to Ray."""
+    """ConnectionError unless a Ray cluster answers at ``address`` (``host[:port]`` or
+    ``ray://host:port``) within ``timeout`` seconds; ``auto`` is left to Ray.
+
+    Ray itself retries for tens of seconds; this asks once. Ray's head speaks gRPC, so it
+    answers HTTP/2's connection preface with a SETTINGS frame; something else listening there
+    (or a proxy that accepts any connection) does not.
+    """
     if address == "auto":
         return
     parts = urlsplit(address if "://" in address else f"//{address}")
@@ -55,10 +64,35 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         raise ValueError(f"--ray-address takes host:port, ray://host:port or auto, "
                          f"got {address!r}")
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_PREFACE)
+            head = sock.recv(9)
     except OSError as e:
-        raise ConnectionError(f"no Ray cluster answers at {address} ({e.strerror or e}); "
-                              f"start one with `ray start --head` or check the address") from None
+        reason = e.strerror or f"no answer within {timeout:g} s"
+        raise ConnectionError(f"no Ray cluster answers at {address} ({reason}); start one "
+                              f"with `ray start --head` or check the address") from None
+    if len(head) < 4 or head[3] != _SETTINGS:
+        raise ConnectionError(f"{address} answers, but not as a Ray cluster; check the "
+                              f"address (`ray start --head` prints it)")
+
+
+def _init(ray: Any, address: str | None, workers: int | None) -> None:
+    """Start Ray here, or join the cluster at ``address``, giving up after about
+    ``CONNECT_TIMEOUT`` seconds where Ray reads this setting (recent versions; older ones wait
+    their own ~20 s)."""
+    wait = "RAY_gcs_server_port_wait_time_s"
+    given = os.environ.get(wait)
+    if address is not None and given is None:
+        os.environ[wait] = str(int(CONNECT_TIMEOUT))
+    try:
+        ray.init(address=address, num_cpus=workers if address is None else None,
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({e}); start one with "
+                              f"`ray start --head` or check the address") from None
+    finally:
+        if given is None:
+            os.environ.pop(wait, None)
 
 
 def _run(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
@@ -84,13 +118,10 @@ class RayExecutor(Executor):
         if address is not None:
             check_reachable(address)
         if self._owner:
-            if address is not None:
-                if workers is not None:
-                    raise ValueError("--workers sets the CPUs of a Ray cluster started here; "
-                                     "a cluster at --ray-address has its own")
-            ray.init(address=address, num_cpus=workers if address is None else None,
-                     include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            if address is not None and workers is not None:
+                raise ValueError("--workers sets the CPUs of a Ray cluster started here; "
+                                 "a cluster at --ray-address has its own")
+            _init(ray, address, workers)
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self._remote = ray.remote(_run).options(num_cpus=1, num_gpus=gpus_per_job,
                                                 max_retries=max_retries)
