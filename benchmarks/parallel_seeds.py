@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from prunelab.models.mlp import MLPConfig
+from prunelab.study.driver import GridSettings, run_grid, seed_jobs
+from prunelab.study.executors import default_workers, make_executor
 from prunelab.study.runfolder import RunConfig
-from prunelab.study.seeds import default_workers, run_jobs, seed_jobs
 from prunelab.study.sweep import SweepConfig
 from prunelab.train import TrainConfig
 
@@ -27,9 +28,10 @@ def timed_run(out: Path, config: RunConfig, seeds: tuple[int, ...], workers: int
               data_dir: Path | None) -> float:
     """Seconds to train and sweep every seed into a fresh ``out``."""
     shutil.rmtree(out, ignore_errors=True)
-    jobs = seed_jobs(out, config, seeds, SweepConfig(), data_dir, "cpu")
+    jobs = seed_jobs(out, config, seeds, SweepConfig())
     start = time.perf_counter()
-    run_jobs(jobs, workers)
+    with make_executor("local", workers, len(jobs)) as executor:
+        run_grid(jobs, executor, GridSettings(data_dir, "cpu"))
     return time.perf_counter() - start
 
 
