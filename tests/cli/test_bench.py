@@ -115,3 +115,62 @@ def test_onnx_without_the_onnx_package_is_a_one_line_error(run_dir, tmp_path, mo
                         str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.onnx")],
                        "prunelab[onnx]")
     assert not (tmp_path / "m.safetensors").exists()  # refused before any work
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("family", ["lenet5", "resnet", "vit"])
+def test_bench_times_every_zoo_model_beside_onnx_runtime(family, tmp_path, tiny_data_dir):
+    from prunelab.models import build_model
+    from prunelab.study.runfolder import read_bench
+
+    from ..inference.test_structural import SMALL
+
+    config = RunConfig(model=SMALL[family], family=family)
+    save_run(tmp_path / family, config,
+             build_model(family, SMALL[family], torch.Generator().manual_seed(0)), [])
+    result = invoke("bench", tmp_path / family, "--methods", "weight,unit", "--sparsities",
+                    "0,90", "--batch-sizes", "1,16", "--repeats", "1", "--no-check",
+                    "--data-dir", tiny_data_dir)  # a ResNet's BatchNorm is re-estimated
+    assert result.exit_code == 0, result.output
+    rows = read_bench(tmp_path / family)
+    backends = {r["backend"] for r in rows}
+    assert {"dense", "masked", "compacted", "sparse", "onnx-dense", "onnx-compacted",
+            "auto"} <= backends
+    assert len(rows) == 2 * 2 * 2 * len(backends)
+    for r in rows:  # every ratio against the fastest dense runtime of its own batch
+        same = [o for o in rows if (o["method"], o["sparsity_pct"], o["batch_size"]) ==
+                (r["method"], r["sparsity_pct"], r["batch_size"])]
+        best = min(o["latency_ms"] for o in same if o["backend"] in ("dense", "onnx-dense"))
+        assert r["speedup_vs_best_dense"] == pytest.approx(best / r["latency_ms"])
+    unit = [r for r in rows if r["method"] == "unit" and r["sparsity_pct"] == 90]
+    assert all(r["flop_ratio"] > 1 for r in unit)
+
+
+def test_bench_checks_every_backend_of_a_conv_net_against_the_masked_model(tmp_path,
+                                                                            tiny_data_dir):
+    out = tmp_path / "lenet"
+    assert invoke("train", "--model", "lenet5", "--epochs", "1", "--device", "cpu",
+                  "--data-dir", tiny_data_dir, "--out", out).exit_code == 0
+    result = invoke("bench", out, "--methods", "unit", "--sparsities", "50", "--batch-sizes",
+                    "4", "--repeats", "1", "--data-dir", tiny_data_dir)
+    assert result.exit_code == 0, result.output
+    from prunelab.study.runfolder import read_bench
+
+    rows = read_bench(out)
+    assert all(r["max_abs_diff"] == "" or float(r["max_abs_diff"]) < 1e-4 for r in rows)
+    assert any(r["backend"] == "onnx-compacted" and r["max_abs_diff"] != "" for r in rows)
+    assert (out / "plots" / "bench_speedup.png").is_file()
+
+
+def test_bench_without_onnx_runtime_warns_in_one_line_and_runs_the_rest(run_dir, monkeypatch,
+                                                                         caplog):
+    import prunelab.study.speed as speed
+    from prunelab.study.runfolder import read_bench
+
+    monkeypatch.setattr(speed, "onnxruntime_available", lambda: False)
+    result = invoke("bench", run_dir, "--no-check", "--sparsities", "90", "--methods", "unit",
+                    "--batch-sizes", "2", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    assert "pip install 'prunelab[onnx]'" in caplog.text
+    backends = {r["backend"] for r in read_bench(run_dir)}
+    assert "auto" in backends and not backends & {"onnx-dense", "onnx-compacted"}

@@ -8,9 +8,12 @@ model, so ``speedup_vs_dense`` is a ratio taken in the same run. ``bench.csv`` a
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
+import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,12 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset
 from prunelab.inference.compact import compact
+from prunelab.inference.export import export_onnx, onnxruntime_session, run_onnx
+from prunelab.inference.sparse import auto_sparsify
+from prunelab.inference.structural import compact_graph
 from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
-from prunelab.models.mlp import linear_layers
+from prunelab.models.base import IMAGE_SHAPE
+from prunelab.models.mlp import MLP, linear_layers
 from prunelab.pruning import METHODS, apply_weights, check_sparsity, prune
 from prunelab.pruning.batchnorm import recalibrate_batchnorm
 from prunelab.pruning.sparsity import measure_sparsity
@@ -28,7 +35,11 @@ from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, writ
 from prunelab.study.sweep import SweepConfig, bn_inputs_for, bn_recalibrates, prune_contexts
 
 __all__ = [
+    "DENSE_RUNTIMES",
     "NETWORK_BACKENDS",
+    "ONNX_BACKENDS",
+    "OnnxModule",
+    "Subject",
     "BenchConfig",
     "bench_pruned",
     "bench_run_folder",
@@ -39,23 +50,98 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-Builder = Callable[[nn.Module, nn.Module, int], tuple[nn.Module, str]]
+@dataclass(frozen=True)
+class Subject:
+    """What a backend is built from."""
+
+    dense: nn.Module
+    pruned: nn.Module
+    example: torch.Tensor
+    """A few inputs of the model's shape (tracing, ONNX export, per-layer timing)."""
+
+    @property
+    def mlp(self) -> bool:
+        return isinstance(self.pruned, MLP)
+
+
+Builder = Callable[[Subject, int], tuple[nn.Module, str]]
+
+
+class OnnxModule(nn.Module):
+    """A network run by ONNX Runtime (``session.intra_op.allow_spinning=0``, torch's thread
+    count), called like the torch module it was exported from."""
+
+    def __init__(self, net: nn.Module, example: torch.Tensor) -> None:
+        super().__init__()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(net, Path(tmp) / "net.onnx", example_inputs=example)
+            self.session = onnxruntime_session(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_onnx(self.session, x)
+
+
+def _compacted(s: Subject) -> nn.Module:
+    return compact(s.pruned) if s.mlp else compact_graph(s.pruned, s.example)[0]
+
+
+def _sparse(s: Subject, batch: int, backend: str) -> tuple[nn.Module, str]:
+    if s.mlp:
+        return compact(s.pruned, backend), backend
+    net, plan = auto_sparsify(_compacted(s), s.example, batch, backend)
+    return net, _plan_text(plan)
+
+
+def _plan_text(plan: dict[str, str]) -> str:
+    return ", ".join(f"{n}: {b}" for n, b in plan.items()) or "dense layers"
+
+
 NETWORK_BACKENDS: dict[str, Builder] = {
-    "dense": lambda dense, pruned, batch: (dense, "unpruned model"),
-    "masked": lambda dense, pruned, batch: (pruned, "zeroed weights, dense arithmetic"),
-    "compacted": lambda dense, pruned, batch: (compact(pruned), "dense"),
-    "sparse": lambda dense, pruned, batch: (compact(pruned, "csr-numba"), "csr-numba"),
-    "sparse-torch": lambda dense, pruned, batch: (compact(pruned, "csr-torch"), "csr-torch"),
-    "auto": lambda dense, pruned, batch: _auto(pruned, batch),
+    "dense": lambda s, batch: (s.dense, "unpruned model"),
+    "masked": lambda s, batch: (s.pruned, "zeroed weights, dense arithmetic"),
+    "compacted": lambda s, batch: (_compacted(s), "dense"),
+    "sparse": lambda s, batch: _sparse(s, batch, "csr-numba"),
+    "sparse-torch": lambda s, batch: _sparse(s, batch, "csr-torch"),
+    "onnx-dense": lambda s, batch: (OnnxModule(s.dense, s.example), "ONNX Runtime, unpruned"),
+    "onnx-compacted": lambda s, batch: (OnnxModule(_compacted(s), s.example),
+                                        "ONNX Runtime, compacted"),
+    "auto": lambda s, batch: _auto(s, batch),
 }
-"""Whole-network backends: name -> (dense model, pruned model, batch) -> (module, plan)."""
-BATCH_DEPENDENT = frozenset({"auto"})
+"""Whole-network backends: name -> (subject, batch) -> (module, plan). ``sparse`` on a model
+other than an MLP runs the compacted model with its weight-pruned layers sparse where that
+measurably wins (``inference.sparse.auto_sparsify``)."""
+BATCH_DEPENDENT = frozenset({"auto", "sparse", "sparse-torch"})
 """Backends whose module depends on the batch size (the others are built once)."""
+ONNX_BACKENDS = frozenset({"onnx-dense", "onnx-compacted"})
+"""Backends that need ONNX Runtime (the ``onnx`` extra); left out, with a warning, without."""
+DENSE_RUNTIMES = ("dense", "onnx-dense")
+"""The unpruned model in each runtime: the fastest of them is the baseline of
+``speedup_vs_best_dense``."""
 
 
-def _auto(pruned: nn.Module, batch: int) -> tuple[nn.Module, str]:
-    choice = auto_backend(pruned, batch)
-    return choice.module, "/".join(choice.plan)
+def _auto(s: Subject, batch: int) -> tuple[nn.Module, str]:
+    """The fastest at ``batch`` of prunelab's own choice (per-layer backends of the compacted
+    MLP, or the compacted model with its sparse layers) and ONNX Runtime on the compacted
+    network, by timing both on random inputs."""
+    if s.mlp:
+        choice = auto_backend(s.pruned, batch)
+        own, plan = choice.module, "/".join(choice.plan)
+    else:
+        own, plan = _sparse(s, batch, "csr-numba")
+    if not onnxruntime_available():
+        return own, plan
+    onnx = OnnxModule(_compacted(s), s.example)
+    x = _random_inputs(s, batch, torch.Generator().manual_seed(batch))
+    own_t, onnx_t = time_calls([lambda: own(x), lambda: onnx(x)], 1, 5, 5.0)
+    return (own, plan) if own_t <= onnx_t else (onnx, "ONNX Runtime, compacted")
+
+
+def _random_inputs(s: Subject, batch: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(batch, *s.example.shape[1:], generator=gen)
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 @dataclass(frozen=True)
@@ -90,13 +176,17 @@ class BenchConfig:
                              f"{self.repeats}, {self.warmup}, {self.budget_s}")
 
 
-def _dense_macs(model: nn.Module) -> int:
-    return sum(m.weight.numel() for _, m in linear_layers(model))
-
-
 @torch.no_grad()
 def _max_diff(module: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> float:
     return float((module(x) - reference).abs().max())
+
+
+def _example(model: nn.Module, check_x: torch.Tensor | None) -> torch.Tensor:
+    if check_x is not None:
+        return check_x[:8]
+    features = linear_layers(model)[0][1].in_features if isinstance(model, MLP) else \
+        math.prod(IMAGE_SHAPE)
+    return torch.rand(8, features, generator=torch.Generator().manual_seed(0))
 
 
 def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
@@ -105,28 +195,41 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
 
     ``check_x``: inputs on which each backend's outputs are compared with ``pruned``'s.
     """
-    live = measure_sparsity(pruned).macs_per_sample
-    flop_ratio = _dense_macs(dense) / live if live else float("inf")
-    reference = pruned(check_x) if check_x is not None else None
+    subject = Subject(dense.eval(), pruned.eval(), _example(dense, check_x))
+    with torch.no_grad():
+        live = measure_sparsity(pruned, example=subject.example).macs_per_sample
+        flop_ratio = measure_sparsity(dense, example=subject.example).macs_per_sample / live \
+            if live else float("inf")
+        reference = pruned(check_x) if check_x is not None else None
+        dense_reference = dense(check_x) if check_x is not None else None
+    backends = config.backends
+    if not onnxruntime_available() and ONNX_BACKENDS & set(backends):
+        log.warning("ONNX Runtime is not installed (pip install 'prunelab[onnx]'): its rows "
+                    "are left out")
+        backends = tuple(b for b in backends if b not in ONNX_BACKENDS)
     gen = torch.Generator().manual_seed(config.seed)
     built: dict[str, tuple[nn.Module, str, float | str]] = {}
     rows = []
     for batch in config.batch_sizes:
-        for name in config.backends:
-            if name in built and name not in BATCH_DEPENDENT:
-                continue  # built and checked once for all batch sizes
-            module, plan = NETWORK_BACKENDS[name](dense, pruned, batch)
-            diff = ("" if reference is None or name == "dense"
-                    else _max_diff(module, reference, check_x))
-            built[name] = (module, plan, diff)
-        x = torch.rand(batch, linear_layers(dense)[0][1].in_features, generator=gen)
-        times = time_calls([lambda m=built[b][0], x=x: m(x) for b in config.backends],
-                           config.warmup, config.repeats, config.budget_s)
-        for name, t in zip(config.backends, times, strict=True):
+        with torch.no_grad():
+            for name in backends:
+                if name in built and name not in BATCH_DEPENDENT:
+                    continue  # built and checked once for all batch sizes
+                module, plan = NETWORK_BACKENDS[name](subject, batch)
+                diff = ("" if reference is None or name == "dense" else
+                        _max_diff(module, dense_reference if name in DENSE_RUNTIMES
+                                  else reference, check_x))
+                built[name] = (module, plan, diff)
+            x = _random_inputs(subject, batch, gen)
+            times = time_calls([lambda m=built[b][0], x=x: m(x) for b in backends],
+                               config.warmup, config.repeats, config.budget_s)
+        best_dense = min(t for b, t in zip(backends, times, strict=True) if b in DENSE_RUNTIMES)
+        for name, t in zip(backends, times, strict=True):
             _, plan, diff = built[name]
             rows.append({
                 "batch_size": batch, "backend": name, "latency_ms": 1e3 * t,
-                "speedup_vs_dense": times[0] / t, "flop_ratio": flop_ratio, "plan": plan,
+                "speedup_vs_dense": times[0] / t, "speedup_vs_best_dense": best_dense / t,
+                "flop_ratio": flop_ratio, "plan": plan,
                 "max_abs_diff": diff, "repeats": config.repeats,
                 "threads": torch.get_num_threads(),
             })
@@ -148,11 +251,17 @@ def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
     meta = {"config": asdict(config), "environment": environment_info(),
             "load_warning": warning}
     contexts = prune_contexts(data, methods, config.seed)
+    if data is None:  # still an input to trace coupled channels with
+        contexts = {m: replace(c, example=_example(model, check_x)[:1])
+                    for m, c in contexts.items()}
     rows: list[dict[str, Any]] = []
     for method in methods:
         for sparsity in sparsities:
             pruned = apply_weights(model, prune(model, method, sparsity,
                                                 context=contexts[method]))
+            if sparsity > 0 and bn_recalibrates(model, SweepConfig()):  # as the sweep does
+                pruned = recalibrate_batchnorm(pruned, bn_inputs_for(model, data, SweepConfig(),
+                                                                     config.seed))
             for row in bench_pruned(model, pruned, config, check_x):
                 row = {"method": method, "sparsity_pct": round(100 * sparsity, 6), **row}
                 rows.append(row)
@@ -193,7 +302,8 @@ def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[
     masked network's on its test set. Returns the path of ``bench.csv``.
     """
     run = load_run(Path(run_dir))
-    needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS)
+    needs = any(METHODS[m].needs_calibration for m in methods if m in METHODS) or \
+        bn_recalibrates(run.model, SweepConfig())
     data = load_dataset(run.config.dataset, data_dir) if check or needs else None
     run_bench(Path(run_dir), run.model, methods, sparsities, config, data,
               data.test_x if check else None, on_row)

@@ -1,0 +1,103 @@
+"""Physically smaller networks of any graph: speed-up of compaction against its MAC ratio.
+
+For each run folder (a trained zoo model), prunes the units its unit methods own -- a ResNet's
+block-internal channels, a ViT's MLP hidden units -- with ``unit-act-refit`` at each k,
+re-estimates BatchNorm as the sweep does, compacts the result (``prunelab.compact``), checks it
+against the masked model, and times the dense and the compacted model at one batch size, in
+torch and in ONNX Runtime (2 intra-op threads, spinning off), round-robin in one process.
+Prints per model and k: the MAC ratio (dense / compacted multiply-adds), the measured speed-ups
+and their share of the MAC ratio (issue 12's goal: >= 0.8 at 50 %), and the compaction time
+(goal for the default ResNet: under 5 s).
+
+    python benchmarks/compaction.py /work/runs/zoo/resnet /work/runs/zoo/vit
+
+Run it on an idle machine (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from prunelab.data import load_dataset
+from prunelab.inference.compact import compacted_size
+from prunelab.inference.export import export_onnx, onnxruntime_session, run_onnx
+from prunelab.inference.structural import TOLERANCE, compact_graph, max_difference
+from prunelab.inference.timing import time_calls
+from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.study.runfolder import load_run
+from prunelab.study.speed import pruned_from_run
+
+GOAL_SHARE = 0.8  # speed-up >= 0.8 x MAC ratio at 50 %
+GOAL_SECONDS = 5.0  # compaction of the default ResNet
+
+
+def _onnx(net: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):
+    return onnxruntime_session(export_onnx(net, folder / f"{name}.onnx", example_inputs=example))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--sparsities", default="25,50,70")
+    parser.add_argument("--method", default="unit-act-refit")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"{args.threads} threads; batch {args.batch_size}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_dir in args.runs:
+            run = load_run(run_dir)
+            data = load_dataset(run.config.dataset, args.data_dir)
+            x = data.test_x[: args.batch_size]
+            example = data.test_x[:8]
+            dense = run.model.eval()
+            dense_macs = measure_sparsity(dense, example=example[:1]).macs_per_sample
+            dense_ort = _onnx(dense, example, Path(tmp), f"{run_dir.name}-dense")
+            for k in (float(s) / 100 for s in args.sparsities.split(",")):
+                _, masked = pruned_from_run(run_dir, args.method, k, data)
+                start = time.perf_counter()
+                compacted, _ = compact_graph(masked, example)
+                seconds = time.perf_counter() - start
+                with torch.no_grad():
+                    diff = max_difference(compacted(data.test_x[:2000]),
+                                          masked(data.test_x[:2000]))
+                assert diff <= TOLERANCE, diff
+                _, macs = compacted_size(masked, example)
+                small_ort = _onnx(compacted, example, Path(tmp), f"{run_dir.name}-{k}")
+                with torch.no_grad():
+                    t = time_calls([lambda: dense(x), lambda: compacted(x),
+                                    lambda: run_onnx(dense_ort, x),
+                                    lambda: run_onnx(small_ort, x)],
+                                   warmup=2, repeats=args.repeats, budget_s=30.0)
+                ratio = dense_macs / macs
+                rows.append([run.config.family, f"{100 * k:g}", f"{ratio:.2f}x",
+                             f"{t[0] / t[1]:.2f}x ({t[0] / t[1] / ratio:.2f})",
+                             f"{t[2] / t[3]:.2f}x ({t[2] / t[3] / ratio:.2f})",
+                             f"{min(t[0], t[2]) / min(t[1], t[3]):.2f}x",
+                             f"{1e3 * t[0]:.1f} / {1e3 * t[1]:.1f} / {1e3 * t[2]:.1f} / "
+                             f"{1e3 * t[3]:.1f}", f"{seconds:.2f}", f"{diff:.1e}"])
+                print(" | ".join(rows[-1]), flush=True)
+    print()
+    print(tabulate(rows, ["model", "k (%)", "MAC ratio", "torch speed-up (share)",
+                          "ORT speed-up (share)", "best vs best", "ms: torch d/c, ORT d/c",
+                          "compact (s)", "max diff"], tablefmt="github"))
+    print(f"goals: speed-up >= {GOAL_SHARE} x MAC ratio at 50 %; compaction of the default "
+          f"resnet < {GOAL_SECONDS:g} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
