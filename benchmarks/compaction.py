@@ -78,10 +78,9 @@ def main() -> int:
                 _, macs = compacted_size(masked, example)
                 small_ort = _onnx(compacted, example, Path(tmp), f"{run_dir.name}-{k}")
                 with torch.no_grad():
-                    t = time_calls([lambda: dense(x), lambda: compacted(x),
-                                    lambda: run_onnx(dense_ort, x),
-                                    lambda: run_onnx(small_ort, x)],
-                                   warmup=2, repeats=args.repeats, budget_s=30.0)
+                    calls = [lambda m=m, x=x: m(x) for m in (dense, compacted)]
+                    calls += [lambda s=s, x=x: run_onnx(s, x) for s in (dense_ort, small_ort)]
+                    t = time_calls(calls, warmup=2, repeats=args.repeats, budget_s=30.0)
                 ratio = dense_macs / macs
                 rows.append([run.config.family, f"{100 * k:g}", f"{ratio:.2f}x",
                              f"{t[0] / t[1]:.2f}x ({t[0] / t[1] / ratio:.2f})",

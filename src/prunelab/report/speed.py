@@ -30,15 +30,15 @@ def speedup_table(rows: list[dict[str, Any]], backend: str,
     or ``speedup_vs_best_dense``) per method and k (rows), batch (cols)."""
     batches = sorted({r["batch_size"] for r in rows})
     cells: dict[tuple[str, float], dict[int, float]] = {}
-    flops: dict[tuple[str, float], float] = {}
+    limits: dict[tuple[str, float], tuple[float, float | None]] = {}
     for r in rows:
         if r["backend"] == backend and r.get(against) is not None:
             key = (r["method"], r["sparsity_pct"])
             cells.setdefault(key, {})[r["batch_size"]] = r[against]
-            flops[key] = r["flop_ratio"]
-    headers = ["method", "k (%)", "FLOP limit", *[f"batch {b}" for b in batches]]
-    body = [[m, f"{k:g}", f"{flops[(m, k)]:.1f}x",
-             *[f"{c[b]:.2f}x" if b in c else "" for b in batches]]
+            limits[key] = (r["flop_ratio"], r.get("bytes_ratio"))
+    headers = ["method", "k (%)", "bytes limit", "FLOP limit", *[f"batch {b}" for b in batches]]
+    body = [[m, f"{k:g}", "" if limits[(m, k)][1] is None else f"{limits[(m, k)][1]:.1f}x",
+             f"{limits[(m, k)][0]:.1f}x", *[f"{c[b]:.2f}x" if b in c else "" for b in batches]]
             for (m, k), c in cells.items()]
     return body, headers
 
@@ -92,7 +92,10 @@ def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
         "round-robin with the dense model in the same run (`prunelab bench`). *auto* compacts "
         "the pruned network and picks per layer the fastest of dense, torch CSR and prunelab's "
         "numba CSR kernel by timing them (then ONNX Runtime on the compacted network if that "
-        "is faster still); the *FLOP limit* is dense multiply-adds over live ones.",
+        "is faster still). Each speed-up is bounded by a physical ceiling: at batch 1 reading the "
+        "weights is the cost, so the *bytes limit* is the dense weights' bytes over those of "
+        "the smallest storage per layer (dense, or CSR: value + index per nonzero); at large "
+        "batches arithmetic is, and the *FLOP limit* is dense multiply-adds over live ones.",
         "",
         f"Threads: {env.get('torch_threads', '?')} on {env.get('cpu_count', '?')} cores "
         f"({env.get('cpu', '?')}).",

@@ -56,7 +56,7 @@ CONFIG, MODEL, HISTORY = "config.json", "model.safetensors", "history.json"
 RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
 BENCH_CSV, BENCH_JSON = "bench.csv", "bench.json"
 BENCH_COLUMNS = ("method", "sparsity_pct", "batch_size", "backend", "latency_ms",
-                 "speedup_vs_dense", "speedup_vs_best_dense", "flop_ratio", "plan",
+                 "speedup_vs_dense", "speedup_vs_best_dense", "flop_ratio", "bytes_ratio", "plan",
                  "max_abs_diff", "repeats", "threads")
 _NUMERIC = ("sparsity_pct", "batch_size", "latency_ms", "speedup_vs_dense", "flop_ratio")
 RESULT_COLUMNS = (
@@ -386,8 +386,9 @@ def read_bench(run_dir: Path) -> list[dict[str, Any]]:
             for key in _NUMERIC:
                 row[key] = float(row[key])
             row["batch_size"] = int(row["batch_size"])
-            best = row.get("speedup_vs_best_dense")  # tables of older versions have none
-            row["speedup_vs_best_dense"] = float(best) if best not in (None, "") else None
+            for key in ("speedup_vs_best_dense", "bytes_ratio"):  # none in older tables
+                value = row.get(key)
+                row[key] = float(value) if value not in (None, "") else None
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a prunelab bench table ({_first_line(e)})") from None
     return rows

@@ -31,6 +31,7 @@ from prunelab.models.mlp import MLP, linear_layers
 from prunelab.pruning import METHODS, apply_weights, check_sparsity, prune
 from prunelab.pruning.batchnorm import recalibrate_batchnorm
 from prunelab.pruning.sparsity import measure_sparsity
+from prunelab.pruning.targets import prunable_modules
 from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, write_bench
 from prunelab.study.sweep import SweepConfig, bn_inputs_for, bn_recalibrates, prune_contexts
 
@@ -45,6 +46,7 @@ __all__ = [
     "bench_run_folder",
     "pruned_from_run",
     "run_bench",
+    "weight_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,19 @@ def _example(model: nn.Module, check_x: torch.Tensor | None) -> torch.Tensor:
     return torch.rand(8, features, generator=torch.Generator().manual_seed(0))
 
 
+def weight_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of the prunable layers' weights stored dense, in float32; bytes of the smallest of
+    dense or CSR per layer: 4-byte values and column indices per nonzero, a 4-byte pointer per
+    row). Their ratio bounds the speed-up where reading the weights is the cost (batch 1)."""
+    dense = small = 0
+    for _, m in prunable_modules(model):
+        w = m.weight.detach()
+        rows, nnz = w.shape[0], int((w != 0).sum())
+        dense += 4 * w.numel()
+        small += min(4 * w.numel(), 8 * nnz + 4 * (rows + 1))
+    return dense, small
+
+
 def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
                  check_x: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Rows (without method/sparsity) timing each backend of ``pruned`` at each batch size.
@@ -200,6 +215,8 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
         live = measure_sparsity(pruned, example=subject.example).macs_per_sample
         flop_ratio = measure_sparsity(dense, example=subject.example).macs_per_sample / live \
             if live else float("inf")
+        dense_bytes, _ = weight_bytes(dense)
+        bytes_ratio = dense_bytes / max(weight_bytes(pruned)[1], 1)
         reference = pruned(check_x) if check_x is not None else None
         dense_reference = dense(check_x) if check_x is not None else None
     backends = config.backends
@@ -229,7 +246,7 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
             rows.append({
                 "batch_size": batch, "backend": name, "latency_ms": 1e3 * t,
                 "speedup_vs_dense": times[0] / t, "speedup_vs_best_dense": best_dense / t,
-                "flop_ratio": flop_ratio, "plan": plan,
+                "flop_ratio": flop_ratio, "bytes_ratio": bytes_ratio, "plan": plan,
                 "max_abs_diff": diff, "repeats": config.repeats,
                 "threads": torch.get_num_threads(),
             })
