@@ -193,7 +193,7 @@ def _readers(dense: nn.Module, pruned: nn.Module, consumers: dict[str, list[torc
     dense_mods, modules = dict(dense.named_modules()), dict(pruned.named_modules())
     out = []
     for cname, cols in consumers.items():
-        g = capture_grams(dense, pruned, cname, x)
+        g = capture_grams(dense, pruned, cname, _images_for(modules[cname], x))
         dense_w = as_matrix(dense_mods[cname].weight.detach()).double()
         weight = as_matrix(modules[cname].weight.detach()).double()
         groups = groups_of(modules[cname])
@@ -207,6 +207,17 @@ def _readers(dense: nn.Module, pruned: nn.Module, consumers: dict[str, list[torc
             out.append(Reader(g.gram[i], g.count, weight[rows], dense_w[rows] @ g.cross[i],
                               local, cname, rows))
     return out
+
+
+CONV_IMAGES = 512
+"""Calibration images a conv's Gram matrices are captured on here: each image gives one row
+per output position (a ResNet's smallest stage: 49), so 512 images are >= 25,000 rows for at
+most 576 columns, and the many captures of the compensation stay cheap. Linear layers use
+every calibration image."""
+
+
+def _images_for(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x[:CONV_IMAGES] if isinstance(layer, nn.Conv2d) else x
 
 
 def _check_readers(name: str, units: int, consumers: dict[str, list[torch.Tensor]]) -> None:
@@ -269,7 +280,7 @@ def graph_unit_compute(choose: GraphChooser, allocate: GraphAllocation | None = 
             layer = modules[name]
             if name not in readers:
                 if started and name not in out:  # compensate: refit to the dense outputs
-                    g = capture_grams(dense, pruned, name, x)
+                    g = capture_grams(dense, pruned, name, _images_for(layer, x))
                     w = as_matrix(layer.weight.detach()).double()
                     rhs = as_matrix(dense_mods[name].weight.detach()).double() @ g.cross
                     out[name] = _refit_rows(layer, g.gram, rhs, w != 0)
