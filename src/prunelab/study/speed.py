@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prunelab.data import Dataset, load_dataset
-from prunelab.inference.compact import compact
+from prunelab.inference.compact import CompactMLP, compact
 from prunelab.inference.export import export_onnx, onnxruntime_session, run_onnx
 from prunelab.inference.sparse import auto_sparsify
 from prunelab.inference.structural import compact_graph
@@ -195,9 +195,12 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
     """(bytes of the prunable layers' weights stored dense, in float32; bytes of the smallest of
     dense or CSR per layer: 4-byte values and column indices per nonzero, a 4-byte pointer per
     row). Their ratio bounds the speed-up where reading the weights is the cost (batch 1)."""
+    if isinstance(model, CompactMLP):
+        weights = [layer.dense_weight() for layer in model.layers]
+    else:
+        weights = [m.weight.detach() for _, m in prunable_modules(model)]
     dense = small = 0
-    for _, m in prunable_modules(model):
-        w = m.weight.detach()
+    for w in weights:
         rows, nnz = w.shape[0], int((w != 0).sum())
         dense += 4 * w.numel()
         small += min(4 * w.numel(), 8 * nnz + 4 * (rows + 1))
@@ -215,8 +218,8 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
         live = measure_sparsity(pruned, example=subject.example).macs_per_sample
         flop_ratio = measure_sparsity(dense, example=subject.example).macs_per_sample / live \
             if live else float("inf")
-        dense_bytes, _ = weight_bytes(dense)
-        bytes_ratio = dense_bytes / max(weight_bytes(pruned)[1], 1)
+        dense_bytes, _ = weight_bytes(dense)  # against the compacted net: what must be read
+        bytes_ratio = dense_bytes / max(weight_bytes(_compacted(subject))[1], 1)
         reference = pruned(check_x) if check_x is not None else None
         dense_reference = dense(check_x) if check_x is not None else None
     backends = config.backends
