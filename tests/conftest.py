@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("PRUNELAB_DATA", raising=False)
     monkeypatch.setattr(data_mod, "checkout_data_dir", lambda: None)
+
+
+@contextmanager
+def registered_tiny_data(root: Path) -> Iterator[DatasetSpec]:
+    """A tiny generated ``fashion-mnist`` in ``root/data``, registered while the block runs
+    (for module-scoped fixtures; spawned workers get the spec with their jobs)."""
+    spec = make_dataset_dir(root / "data", "fashion-mnist")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(data_mod.DATASETS, "fashion-mnist", spec)
+        yield spec
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from prunelab import data as data_mod
 from prunelab.study.executors import JobFailed, make_executor
 from prunelab.study.runfolder import load_results, load_run
 
-from ..conftest import assert_one_line_error, invoke, make_dataset_dir
+from ..conftest import assert_one_line_error, invoke, registered_tiny_data
 from ..seedfakes import write_fake_run
 from .test_cli import TINY
 
@@ -18,9 +18,7 @@ SWEEP = ["--sparsities", "0,50,90"]
 def tiny(tmp_path_factory):
     """A tiny fashion-mnist registered for this module (spawned workers get the registry)."""
     root = tmp_path_factory.mktemp("seeds")
-    spec = make_dataset_dir(root / "data", "fashion-mnist")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(data_mod.DATASETS, "fashion-mnist", spec)
+    with registered_tiny_data(root):
         yield root
 
 

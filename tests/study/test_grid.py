@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from prunelab import data as data_mod
 from prunelab.models import MLPConfig
 from prunelab.study import driver, jobs
 from prunelab.study.driver import GridSettings, run_grid, seed_jobs, shards
@@ -20,7 +19,7 @@ from prunelab.study.runfolder import RESULTS_JSON, RunConfig
 from prunelab.study.sweep import SweepConfig
 from prunelab.train import TrainConfig
 
-from ..conftest import make_dataset_dir
+from ..conftest import registered_tiny_data
 
 ray = pytest.importorskip("ray")
 
@@ -34,9 +33,7 @@ MEASURED = {"seconds", "peak_memory_mb"}  # wall time and memory: the only thing
 def tiny(tmp_path_factory):
     """A tiny fashion-mnist registered for this module (workers get its spec with each job)."""
     root = tmp_path_factory.mktemp("grid")
-    spec = make_dataset_dir(root / "data", "fashion-mnist")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(data_mod.DATASETS, "fashion-mnist", spec)
+    with registered_tiny_data(root):
         yield root
 
 

@@ -12,7 +12,7 @@ from prunelab.study.lock import LOCK_FILE
 from prunelab.study.runfolder import load_results
 
 from .. import procs
-from ..conftest import assert_one_line_error, invoke, make_dataset_dir
+from ..conftest import assert_one_line_error, invoke, registered_tiny_data
 
 SWEEP = ["--methods", "random-unit,weight,unit", "--sparsities", "0,50,90", "--device", "cpu"]
 MEASURED = ("seconds", "peak_memory_mb")  # wall time and memory: the only columns allowed to vary
@@ -22,9 +22,7 @@ MEASURED = ("seconds", "peak_memory_mb")  # wall time and memory: the only colum
 def trained(tmp_path_factory):
     """(dataset spec, data dir, a run folder with a tiny trained model and no results)."""
     root = tmp_path_factory.mktemp("resume")
-    spec = make_dataset_dir(root / "data", "fashion-mnist")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(data_mod.DATASETS, "fashion-mnist", spec)
+    with registered_tiny_data(root) as spec:
         result = invoke("train", "--epochs", "1", "--hidden", "32,16", "--batch-size", "64",
                         "--device", "cpu", "--data-dir", root / "data", "--out", root / "model")
         assert result.exit_code == 0, result.output
