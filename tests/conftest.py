@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,10 @@ from click.testing import CliRunner
 
 from prunelab import data as data_mod
 from prunelab.data import DataFile, DatasetSpec
+
+# As the study commands set it before any computation (prunelab.train.strict_blas): the tests
+# compare numbers computed in this process with numbers from spawned workers.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 """The genuine IDX files the repository ships (``data/``)."""

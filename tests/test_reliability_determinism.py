@@ -1,6 +1,8 @@
 """Same configuration and seeds => the same bits: model, results and report numbers, whether the
 seeds run in this process (--workers 1, every core's threads) or in two spawned workers (one
-thread each on 2 cores). Holds through MKL's strict reproducibility mode (see prunelab.train)."""
+thread each on 2 cores). Holds through MKL's strict reproducibility mode, which the study
+commands and the grid's workers switch on (prunelab.train.strict_blas; tests/conftest.py does
+it for this process)."""
 
 import csv
 import io

@@ -25,15 +25,22 @@ from prunelab.data import Dataset
 from prunelab.evaluate import evaluate
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "EpochStats", "StateMismatch", "StepInfo", "TrainConfig",
-           "TrainState", "train"]
+           "TrainState", "strict_blas", "train"]
 
 log = logging.getLogger(__name__)
 
-# MKL's strict conditional numerical reproducibility: matrix products give the same bits whatever
-# the number of threads (else a seed trained by a worker with 1 thread differs from the same seed
-# trained with 2). MKL reads it at its first call, so it is set when prunelab is imported; an
-# explicit MKL_CBWR of the user's wins. Measured cost here: none (2 cores, 784x1000 products).
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+def strict_blas() -> None:
+    """Ask MKL for results that do not depend on the number of threads (its strict conditional
+    numerical reproducibility, ``MKL_CBWR=AUTO,STRICT``; an explicit ``MKL_CBWR`` of the user's
+    wins), so a seed trained by a worker with 1 thread gives the same bits as with 2.
+
+    MKL reads the variable at its first call, so this must run before any computation: the
+    study commands (train, run, sweep, study) and the grid's job functions call it first. It is
+    not set on import: it costs small-batch inference (measured here, the seed MLP at batch 1:
+    0.45 -> 0.60 ms per forward), which ``bench`` and ``compact`` should not pay.
+    """
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,  # weight_decay is an L2 term added to the gradient

@@ -16,6 +16,7 @@ from prunelab.cli.grid import study
 from prunelab.cli.infer import bench, compact_cmd, model_info
 from prunelab.cli.study import compare, report, run, sweep, train
 from prunelab.study.executors import JobFailed
+from prunelab.train import strict_blas
 
 __all__ = ["cli", "main"]
 
@@ -33,12 +34,19 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+STUDY_COMMANDS = frozenset({"run", "train", "sweep", "study"})
+"""Commands whose numbers must not depend on the thread count (``train.strict_blas``)."""
+
+
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """prunelab: post-hoc pruning of trained networks."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand in STUDY_COMMANDS:
+        strict_blas()
 
 
 for _command in (run, train, sweep, report, compare, study, bench, compact_cmd, model_info):

@@ -29,7 +29,7 @@ from prunelab.data import DATASETS, Dataset, DatasetSpec, find_or_fetch, load_da
 from prunelab.models import build_model
 from prunelab.study.runfolder import HISTORY, MODEL, RunConfig, load_weights
 from prunelab.study.sweep import SweepConfig, ensure_trained, resolve_device, sweep_model
-from prunelab.train import StepInfo
+from prunelab.train import StepInfo, strict_blas
 
 __all__ = ["DataFiles", "SweepJob", "TrainJob", "dataset_files", "sweep_job", "train_job"]
 
@@ -108,6 +108,7 @@ def _where() -> dict[str, Any]:
 def train_job(job: TrainJob, files: DataFiles | None, *, report: Report) -> dict[str, Any]:
     """Train; returns the model file (``model``: safetensors bytes), the ``history`` and
     where and how long it ran."""
+    strict_blas()  # before any computation in this worker (see train.strict_blas)
     start = time.perf_counter()
     data = _dataset(job.spec, job.data_dir, files)
     pending = [0]
@@ -130,6 +131,7 @@ def sweep_job(job: SweepJob, model_file: bytes, files: DataFiles | None, *,
               report: Report) -> dict[str, Any]:
     """Sweep the model in ``model_file`` (safetensors bytes); returns the ``dense`` accuracy,
     the result ``rows``, the results' ``meta`` and where and how long it ran."""
+    strict_blas()
     start = time.perf_counter()
     data = _dataset(job.spec, job.data_dir, files)
     model = build_model(job.config.family, job.config.model)
