@@ -118,3 +118,32 @@ def test_methods_all_runs_every_registered_method_on_a_conv_net(tiny_data_dir, t
                     "--calibration-size", "64", "--data-dir", tiny_data_dir)
     assert result.exit_code == 0, result.output
     assert {r["method"] for r in load_results(out).rows} == set(METHODS)
+
+
+def test_layers_select_what_a_sweep_prunes_and_a_new_selection_redoes_the_rows(tiny_data_dir,
+                                                                              tmp_path):
+    out = tmp_path / "lenet"
+    base = ["--sparsities", "50", "--calibration-size", "64", "--data-dir", tiny_data_dir]
+    bad = invoke("run", "--model", "lenet5", "--epochs", "1", "--methods", "weight",
+                 "--layers", "conv*,nothing*", *base, "--out", out)
+    assert_one_line_error(bad, "'nothing*' matches no prunable layer")
+    assert not out.exists()  # refused before training
+    result = invoke("run", "--model", "lenet5", "--epochs", "1", "--methods",
+                    "weight,unit-obs", "--layers", "conv*", *base, "--out", out)
+    assert result.exit_code == 0, result.output
+    results = load_results(out)
+    assert results.meta["sweep"]["layers"] == ["conv*"]
+    for row in results.rows:
+        assert row["pruned_layers"] == ["conv*"]
+        zeros = {layer["name"]: layer["zero_fraction"] for layer in row["layers"]}
+        assert zeros["conv1"] > 0.3 and zeros["conv2"] > 0.3
+        if row["method"] == "weight":  # only the named layers lose weights
+            assert zeros["fc1"] < 0.01 and zeros["fc2"] < 0.01
+        else:  # fc1 reads conv2's removed channels: their columns are zero
+            assert zeros["fc1"] >= 0.5
+    first = {r["method"]: r["seconds"] for r in results.rows}
+    result = invoke("sweep", out, "--methods", "weight,unit-obs", "--layers", "fc1", *base)
+    assert result.exit_code == 0, result.output
+    again = load_results(out).rows
+    assert all(r["pruned_layers"] == ["fc1"] for r in again)  # other layers: rows redone
+    assert {r["method"]: r["seconds"] for r in again} != first

@@ -24,7 +24,7 @@ from prunelab.cli.parse import (
     parse_seeds,
 )
 from prunelab.data import DATASETS, Dataset, load_dataset
-from prunelab.models import MODELS, MLPConfig
+from prunelab.models import MODELS, MLPConfig, build_model
 from prunelab.pruning import METHODS
 from prunelab.report.writer import write_all, write_run_reports, write_seed_report
 from prunelab.study.checkpoint import checkpoint_epoch
@@ -42,6 +42,7 @@ from prunelab.study.runfolder import RunConfig, has_trained_model, load_run
 from prunelab.study.sweep import (
     DEFAULT_SPARSITIES,
     SweepConfig,
+    check_sweep,
     ensure_trained,
     resolve_device,
     run_sweep,
@@ -97,6 +98,10 @@ def _seed_options(f: Callable) -> Callable:
 
 
 def _sweep_options(f: Callable) -> Callable:
+    f = click.option("--layers", "layers_text", default=None, metavar="NAMES",
+                     help="Comma-separated layer names or glob patterns to prune, e.g. "
+                          "'stages.*.conv1,head' [default: every Linear and Conv2d but the "
+                          "output layer; unit methods: those whose channels are their own].")(f)
     f = click.option("--bn-recalibrate/--no-bn-recalibrate", "bn_recalibrate", default=None,
                      help="Re-estimate BatchNorm statistics of every pruned model on calibration "
                           "images (forward passes only) [default: for models with BatchNorm].")(f)
@@ -108,6 +113,15 @@ def _sweep_options(f: Callable) -> Callable:
     default = ",".join(f"{100 * s:g}" for s in DEFAULT_SPARSITIES)
     return click.option("--sparsities", default=default, show_default=True,
                         help="Percent of each hidden layer to prune.")(f)
+
+
+def _layers(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    parts = tuple(p.strip() for p in text.split(","))
+    if not all(parts):
+        raise ValueError(f"--layers takes comma-separated names or patterns, got {text!r}")
+    return parts
 
 
 def _run_config(dataset: str, family: str, model_opts: tuple[str, ...], epochs: int | None,
@@ -195,13 +209,14 @@ def _run_seeds(jobs: list[RunJob], run_dir: Path, executor: str, workers: int | 
 @_common_options
 def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias, out, seeds_text,
         executor, workers, ray_address, sparsities, methods, calibration_size, bn_recalibrate,
-        device, data_dir) -> None:
+        layers_text, device, data_dir) -> None:
     """Train (unless already trained), sweep every method and sparsity, plot, report."""
     seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
     config = _run_config(dataset, family, model_opts, epochs, seeds[0], batch_size, lr, hidden,
                          bias)
     sweep_config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
-                               calibration_size, bn_recalibrate)
+                               calibration_size, bn_recalibrate, _layers(layers_text))
+    check_sweep(build_model(config.family, config.model), sweep_config)  # before training
     run_dir = out or default_run_dir(dataset, seeds, family)
     if len(seeds) > 1:
         _run_seeds(seed_jobs(run_dir, config, seeds, sweep_config), run_dir, executor, workers,
@@ -246,7 +261,7 @@ def _saved_seed_jobs(run_dir: Path, seeds_text: str | None,
 @_sweep_options
 @_common_options
 def sweep(run_dir, seeds_text, executor, workers, ray_address, sparsities, methods,
-          calibration_size, bn_recalibrate, device, data_dir) -> None:
+          calibration_size, bn_recalibrate, layers_text, device, data_dir) -> None:
     """Prune the model in RUN_DIR with every method at every sparsity; write results.
 
     On a multi-seed folder (RUN_DIR/seed<k>/) every seed is swept (or those of --seeds) and
@@ -255,7 +270,7 @@ def sweep(run_dir, seeds_text, executor, workers, ray_address, sparsities, metho
     found = seed_dirs(run_dir)
     family = load_run(next(iter(found.values()), run_dir)).config.family
     config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
-                         calibration_size, bn_recalibrate)
+                         calibration_size, bn_recalibrate, _layers(layers_text))
     if not found and seeds_text is not None:
         raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "
                          f"{run_dir} is a single-seed folder")

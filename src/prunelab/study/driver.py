@@ -30,8 +30,6 @@ from typing import Any
 from prunelab.data import DATASETS, Dataset, load_dataset, test_set_fingerprint
 from prunelab.files import atomic_write
 from prunelab.models import build_model
-from prunelab.pruning import METHODS, mlp_only_message
-from prunelab.pruning.sparsity import is_relu_chain
 from prunelab.study.executors import Executor, Task
 from prunelab.study.jobs import SweepJob, TrainJob, dataset_files, sweep_job, train_job
 from prunelab.study.lock import run_lock
@@ -48,9 +46,10 @@ from prunelab.study.runfolder import (
 )
 from prunelab.study.sweep import (
     SweepConfig,
-    bn_recalibrates,
-    calibration_sizes,
+    check_sweep,
     method_sparsities,
+    row_settings,
+    sweep_settings,
 )
 
 __all__ = ["JOBS_JSON", "GridOutcome", "GridRun", "GridSettings", "RunJob", "job_id", "run_grid",
@@ -179,16 +178,12 @@ class GridRun:
         """What ``sweep_model`` records of a whole sweep of ``job`` (``results.json``'s meta)."""
         data, _ = self.dataset(job.config.dataset)
         model, sweep = build_model(job.config.family, job.config.model), job.sweep
-        unsupported = [m for m in sweep.methods if METHODS[m].mlp_only]
-        if unsupported and not is_relu_chain(model):
-            raise ValueError(f"{job.label}: {mlp_only_message(unsupported, model)}")
-        sizes = calibration_sizes(sweep.methods, len(data.train_x), sweep.calibration_size)
+        try:
+            check_sweep(model, sweep)
+        except ValueError as e:
+            raise ValueError(f"{job.label}: {e}") from None
         return {"run": job.config.to_dict(), "test_set": test_set_fingerprint(data),
-                "sweep": {"methods": list(sweep.methods), "sparsities": list(sweep.sparsities),
-                          "calibration_size": sweep.calibration_size,
-                          "calibration_sizes": sizes,
-                          "bn_recalibrate": bn_recalibrates(model, sweep),
-                          "seed": job.config.train.seed}}
+                "sweep": sweep_settings(model, len(data.train_x), sweep, job.config.train.seed)}
 
     def plan(self, job: RunJob) -> int:
         """Submit ``job``'s training, or its unfinished sweep shards; returns their units."""
@@ -217,10 +212,7 @@ class GridRun:
 
     def kept_rows(self, job: RunJob, meta: dict[str, Any]) -> dict[Key, dict[str, Any]]:
         """Rows of ``job``'s saved results a sweep with ``meta`` keeps, by (method, k)."""
-        bn, sizes = meta["sweep"]["bn_recalibrate"], meta["sweep"]["calibration_sizes"]
-        order = {key: {"calibration_size": sizes.get(key[0], 0),
-                       "bn_recalibrated": bn and key[1] > 0} for key in _keys(job.sweep)}
-        rows = resumable_rows(job.run_dir, meta, order)
+        rows = resumable_rows(job.run_dir, meta, row_settings(job.sweep, meta["sweep"]))
         return {(r["method"], r["sparsity_pct"]): r for r in rows}
 
     def submit(self, label: str, config: dict[str, Any], fn: Callable[..., Any],
@@ -243,7 +235,8 @@ class GridRun:
             config = {"train": job.config.to_dict(), "methods": list(shard.methods),
                       "sparsities": list(shard.sparsities),
                       "calibration_size": shard.calibration_size,
-                      "bn_recalibrate": shard.bn_recalibrate}
+                      "bn_recalibrate": shard.bn_recalibrate,
+                      "layers": list(shard.layers) if shard.layers else None}
             self.submit(f"sweep {job.label} {names} k={ks}", config, sweep_job,
                         (sweep, model, files), len(_keys(shard)),
                         lambda r, s=shard: self.swept(job, s, r, meta))

@@ -32,6 +32,7 @@ from prunelab.pruning import (
 )
 from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
 from prunelab.pruning.sparsity import is_relu_chain, measure_sparsity
+from prunelab.pruning.targets import select_layers
 from prunelab.study.checkpoint import train_into
 from prunelab.study.lock import run_lock
 from prunelab.study.memory import PeakMemory
@@ -50,6 +51,9 @@ from prunelab.train import StepInfo
 __all__ = [
     "DEFAULT_SPARSITIES",
     "SweepConfig",
+    "check_sweep",
+    "row_settings",
+    "sweep_settings",
     "calibration_set",
     "ensure_trained",
     "bn_recalibrates",
@@ -84,8 +88,18 @@ class SweepConfig:
     bn_recalibrate: bool | None = None
     """Re-estimate BatchNorm statistics of each pruned model on calibration images (forward
     passes only); None: when the model has BatchNorm."""
+    layers: tuple[str, ...] | None = None
+    """Names or glob patterns of the layers to prune (``pruning.targets.select_layers``); None:
+    every Linear/Conv2d but the output layer (unit methods: those whose channels are their
+    own)."""
 
     def __post_init__(self) -> None:
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            if not layers or not all(isinstance(p, str) and p.strip() for p in layers):
+                raise ValueError(f"layers must be non-empty names or patterns, got "
+                                 f"{list(layers)}")
+            object.__setattr__(self, "layers", tuple(p.strip() for p in layers))
         methods, sparsities = tuple(self.methods), tuple(self.sparsities)
         if not methods:
             raise ValueError("no pruning methods given")
@@ -189,7 +203,8 @@ def sweep(
             context.generator.manual_seed(zlib.crc32(f"{seed}/{method}/{sparsity!r}".encode()))
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
-                pruned = apply_weights(model, prune(model, method, sparsity, context=context))
+                layers = list(config.layers) if config.layers else None
+                pruned = apply_weights(model, prune(model, method, sparsity, layers, context))
                 if bn_inputs is not None and sparsity > 0:  # k = 0 stays the dense model
                     pruned = recalibrate_batchnorm(pruned, bn_inputs)
             seconds = time.perf_counter() - start
@@ -202,6 +217,7 @@ def sweep(
                 "granularity": METHODS[method].granularity,
                 "calibration_size": 0 if context.calibration is None else len(context.calibration),
                 "bn_recalibrated": bn_inputs is not None and sparsity > 0,
+                "pruned_layers": list(config.layers) if config.layers else None,
                 "sparsity_pct": round(sparsity * 100, 6),
                 "accuracy": accuracy,
                 "loss": loss,
@@ -260,6 +276,37 @@ def describe_model(model: nn.Module, dataset: str, seed: int) -> dict[str, Any]:
             "train": {"trained": "outside prunelab", "seed": seed}}
 
 
+def check_sweep(model: nn.Module, config: SweepConfig) -> None:
+    """One-line errors for a sweep that cannot run on ``model``, before any work."""
+    unsupported = [m for m in config.methods if METHODS[m].mlp_only]
+    if unsupported and not is_relu_chain(model):
+        raise ValueError(mlp_only_message(unsupported, model))
+    if config.layers:
+        select_layers(model, list(config.layers))  # names what matches nothing
+
+
+def sweep_settings(model: nn.Module, n_train: int, config: SweepConfig,
+                   seed: int) -> dict[str, Any]:
+    """The ``sweep`` entry of ``results.json``'s meta."""
+    return {"methods": list(config.methods), "sparsities": list(config.sparsities),
+            "calibration_size": config.calibration_size,
+            "calibration_sizes": calibration_sizes(config.methods, n_train,
+                                                   config.calibration_size),
+            "bn_recalibrate": bn_recalibrates(model, config), "seed": seed,
+            "layers": list(config.layers) if config.layers else None}
+
+
+def row_settings(config: SweepConfig, settings: dict[str, Any]
+                 ) -> dict[tuple[str, float], dict[str, Any]]:
+    """Per (method, sparsity_pct) of ``config``, the values its row carries that decide whether
+    an earlier row can be kept (``runfolder.resumable_rows``)."""
+    sizes, bn = settings["calibration_sizes"], settings["bn_recalibrate"]
+    layers = list(config.layers) if config.layers else None
+    return {(m, round(k * 100, 6)): {"calibration_size": sizes.get(m, 0),
+                                     "bn_recalibrated": bn and k > 0, "pruned_layers": layers}
+            for m in config.methods for k in method_sparsities(m, config)}
+
+
 def sweep_model(
     model: nn.Module,
     data: Dataset,
@@ -279,20 +326,14 @@ def sweep_model(
     (``prunelab.report.writer.write_run_reports``) read only what this writes.
     """
     run_dir = Path(run_dir)
-    unsupported = [m for m in config.methods if METHODS[m].mlp_only]
-    if unsupported and not is_relu_chain(model):  # before any work, not after some
-        raise ValueError(mlp_only_message(unsupported, model))
+    check_sweep(model, config)  # before any work, not after some
     model = copy.deepcopy(model).to(device).eval()
     run_meta = run_meta if run_meta is not None else describe_model(model, data.name, seed)
     data_on_device = Dataset(data.name, data.train_x.to(device), data.train_y.to(device),
                              data.test_x.to(device), data.test_y.to(device))
     meta = {
         "run": run_meta,
-        "sweep": {"methods": list(config.methods), "sparsities": list(config.sparsities),
-                  "calibration_size": config.calibration_size,
-                  "calibration_sizes": calibration_sizes(config.methods, len(data.train_x),
-                                                         config.calibration_size),
-                  "bn_recalibrate": bn_recalibrates(model, config), "seed": seed},
+        "sweep": sweep_settings(model, len(data.train_x), config, seed),
         "environment": environment_info(device),
         "test_size": len(data.test_x),
         "test_set": test_set_fingerprint(data),
@@ -300,10 +341,7 @@ def sweep_model(
     }
     accuracy, loss = evaluate(model, data_on_device.test_x, data_on_device.test_y)
     dense = {"accuracy": accuracy, "loss": loss}
-    sizes, bn = meta["sweep"]["calibration_sizes"], meta["sweep"]["bn_recalibrate"]
-    order = {(m, round(k * 100, 6)): {"calibration_size": sizes.get(m, 0),
-                                      "bn_recalibrated": bn and k > 0}
-             for m in config.methods for k in method_sparsities(m, config)}
+    order = row_settings(config, meta["sweep"])
     with run_lock(run_dir):  # rows computed before with the same settings are not redone
         rows = resumable_rows(run_dir, meta, order)
         done = frozenset(k for r in rows if (k := (r["method"], r["sparsity_pct"])) in order)
