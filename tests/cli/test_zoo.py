@@ -147,3 +147,18 @@ def test_layers_select_what_a_sweep_prunes_and_a_new_selection_redoes_the_rows(t
     again = load_results(out).rows
     assert all(r["pruned_layers"] == ["fc1"] for r in again)  # other layers: rows redone
     assert {r["method"]: r["seconds"] for r in again} != first
+
+
+def test_vit_heads_on_the_command_line(tiny_data_dir, tmp_path):
+    out = tmp_path / "vit"
+    args = ["--model", "vit", *FAMILIES["vit"], "--epochs", "1", "--sparsities", "50",
+            "--calibration-size", "64", "--data-dir", tiny_data_dir, "--out", out]
+    bad = invoke("run", *args, "--methods", "unit,random-unit", "--layers", "blocks.*.attn")
+    assert_one_line_error(bad, "'random-unit' cannot prune attention heads")
+    assert not out.exists()
+    result = invoke("run", *args, "--methods", "unit,unit-obs", "--layers", "blocks.*.attn")
+    assert result.exit_code == 0, result.output
+    for row in load_results(out).rows:  # half of the two heads gone: their q, k, v rows
+        zeros = {layer["name"]: layer["zero_fraction"] for layer in row["layers"]}
+        assert zeros["blocks.0.attn.q"] == zeros["blocks.0.attn.v"] == 0.5
+        assert row["compact_params"] < row["params_total"]  # the heads compact away

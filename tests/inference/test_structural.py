@@ -202,3 +202,44 @@ def test_bad_inputs_get_one_line_errors() -> None:
         prunelab.compact(net)
     with pytest.raises(ValueError, match="non-empty batch"):
         compact_graph(net, x[:0])
+
+
+@pytest.mark.parametrize("method", ["unit", "unit-act-refit", "unit-obs", "unit-obs-allocated"])
+def test_attention_heads_are_units_when_named_and_compact_away(method: str) -> None:
+    x = _inputs(48, 14)
+    net = _zoo("vit", x)
+    weights = prune(net, method, 0.5, layers=["blocks.*.attn"],
+                    context=PruneContext(calibration=x, example=x[:1]))
+    d = 32 // 4
+    dead_total = 0
+    for b in range(2):
+        attn = f"blocks.{b}.attn"
+        heads = weights[f"{attn}.v"].reshape(4, d, -1).ne(0).flatten(1).any(1)
+        for part in ("q", "k"):  # the same heads' q and k rows are zero too
+            same = weights[f"{attn}.{part}"].reshape(4, d, -1).ne(0).flatten(1).any(1)
+            assert torch.equal(same, heads)
+        dead_total += int((~heads).sum())
+        if method != "unit":  # the output projection is refit without them
+            proj = weights[f"{attn}.proj"].reshape(-1, 4, d)
+            assert bool((proj[:, ~heads] == 0).all())
+    assert dead_total == 4 if method != "unit-obs-allocated" else 0 < dead_total < 8
+    masked = apply_weights(net, weights)
+    compacted, report = compact_graph(masked, x[:2])
+    assert _equal(masked, compacted, _inputs(80, 15)) <= TOLERANCE
+    assert sum(a - b for a, b in report.heads.values()) == dead_total
+    if method == "unit":  # values are v's bias for every token: folded into proj's bias
+        assert report.folded == dead_total * d
+    with torch.no_grad():
+        dense = net(x)
+        err = float((masked(x) - dense).pow(2).mean())
+        plain = float((apply_weights(net, prune(net, "unit", 0.5, layers=["blocks.*.attn"]))(x)
+                       - dense).pow(2).mean())
+    assert method == "unit" or err < plain
+
+
+def test_methods_that_cannot_prune_heads_say_so() -> None:
+    x = _inputs(8, 16)
+    with pytest.raises(ValueError, match="'random-unit' cannot prune attention heads.*unit-obs"):
+        prune(_zoo("vit", x), "random-unit", 0.5, layers=["blocks.0.attn"])
+    with pytest.raises(ValueError, match="cannot be pruned.*Attention"):
+        prune(_zoo("vit", x), "weight", 0.5, layers=["blocks.0.attn"])

@@ -22,9 +22,10 @@ BatchNorm is sliced with its running statistics). What it cannot know is which c
   and ``CompactionReport.kept`` says why.
 
 Attention heads of prunelab's ``vit`` (``models.vit.Attention``) are removed by
-``_compact_heads``: a head whose value rows (weights and bias) or whose output-projection
-columns are all zero contributes nothing, so its q, k, v rows and projection columns go and the
-head count drops.
+``_compact_heads``: a head whose output-projection columns are all zero contributes nothing; one
+whose value rows are zero outputs v's bias for every token (the attention weights sum to 1),
+which folds into the projection's bias. Either way its q, k, v rows and projection columns go
+and the head count drops.
 
 After slicing, the result is checked against the masked model on the example inputs and on a
 random batch of their shape; a difference beyond ``TOLERANCE`` raises (it would be a bug).
@@ -280,17 +281,25 @@ def _compact_heads(net: nn.Module, report: CompactionReport) -> None:
     names = {m: n for n, m in net.named_modules()}
     for attn in [m for m in net.modules() if isinstance(m, Attention)]:
         d = attn.q.out_features // attn.heads
-        live = []
+        live, folded = [], []
         for h in range(attn.heads):
             rows = slice(h * d, (h + 1) * d)
-            v_zero = bool((attn.v.weight[rows] == 0).all()) and (
-                attn.v.bias is None or bool((attn.v.bias[rows] == 0).all()))
+            v_zero = bool((attn.v.weight[rows] == 0).all())
             out_zero = bool((attn.proj.weight[:, rows] == 0).all())
             if not (v_zero or out_zero):
                 live.append(h)
-        live = live or [0]
+            elif not out_zero and attn.v.bias is not None:
+                folded.append(h)  # its values are v's bias for every token: a constant
         if len(live) == attn.heads:
             continue
+        live = live or [0]  # one head stays (shapes stay valid), as it was
+        for h in (h for h in folded if h not in live):  # attention weights sum to 1
+            rows = slice(h * d, (h + 1) * d)
+            shift = attn.proj.weight[:, rows] @ attn.v.bias[rows]
+            if attn.proj.bias is None:
+                attn.proj.bias = nn.Parameter(torch.zeros_like(shift))
+            attn.proj.bias += shift
+            report.folded += d
         rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in live])
         for lin in (attn.q, attn.k, attn.v):
             _slice_linear(lin, rows=rows)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunelab.models.vit import Attention
 from prunelab.pruning.coupling import free_unit_layers
-from prunelab.pruning.magnitude import unit_pruning, weight_pruning
+from prunelab.pruning.magnitude import percentile, unit_pruning, weight_pruning
 from prunelab.pruning.sparsity import is_relu_chain
-from prunelab.pruning.targets import PRUNABLE_TYPES, select_layers
+from prunelab.pruning.targets import PRUNABLE_TYPES, head_rows, select_layers
 
 __all__ = [
     "GRANULARITIES",
@@ -35,6 +36,7 @@ __all__ = [
     "apply_weights",
     "check_sparsity",
     "lookup",
+    "chosen_layers",
     "mlp_only_message",
     "prune",
     "register",
@@ -99,6 +101,8 @@ class PruningMethod:
     """Whether it needs a chain of Linear layers with ReLU between them (``models.mlp.MLP``)."""
     fixed_sparsity: float | None = None
     """The only sparsity the method produces (N:M patterns: 1 - N/M); None when any k works."""
+    heads: bool = False
+    """Whether it prunes the heads of an attention module named in ``layers`` (unit methods)."""
 
 
 METHODS: dict[str, PruningMethod] = {}
@@ -122,13 +126,32 @@ def _layerwise(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> ComputeFn:
     return compute
 
 
+def _unit_compute(model: nn.Module, names: list[str], sparsity: float,
+                  context: PruneContext) -> dict[str, torch.Tensor]:
+    """The seed's ``unit`` rule; an attention module's units are its heads, ranked by the L2
+    norm of their incoming weights (their q, k and v rows)."""
+    modules, out = dict(model.named_modules()), {}
+    for name in names:
+        m = modules[name]
+        if not isinstance(m, Attention):
+            out[name] = unit_pruning(m.weight.detach(), sparsity)
+            continue
+        rows = torch.cat([p.weight.detach() for p in (m.q, m.k, m.v)], 1)  # (dim, 3 * dim)
+        per_head = rows.double().reshape(m.heads, -1).norm(dim=1)
+        kept = head_rows(m, per_head >= percentile(per_head, sparsity))
+        for part in ("q", "k", "v"):
+            out[f"{name}.{part}"] = getattr(m, part).weight.detach() * kept[:, None]
+    return out
+
+
 register(PruningMethod(
     "weight", "weight", _layerwise(weight_pruning),
     "per layer, zero the weights with |w| below the k-th percentile of |W|",
 ))
 register(PruningMethod(
-    "unit", "unit", _layerwise(unit_pruning),
-    "per layer, zero the units whose incoming-weight L2 norm is below the k-th percentile",
+    "unit", "unit", _unit_compute,
+    "per layer, zero the units whose incoming-weight L2 norm is below the k-th percentile "
+    "(an attention module named in layers: its heads)", heads=True,
 ))
 
 
@@ -163,11 +186,23 @@ def prune(
         raise ValueError(mlp_only_message([method], model))
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
-    names = select_layers(model, layers)
+    names = chosen_layers(model, method, layers)
     if layers is None and spec.granularity == "unit" and not is_relu_chain(model):
         names = _free_units(model, names, context)
     with torch.no_grad():
         return spec.compute(model, names, sparsity, context)
+
+
+def chosen_layers(model: nn.Module, method: str, layers: list[str] | None) -> list[str]:
+    """The layers ``method`` prunes for ``layers`` (``targets.select_layers``; unit methods may
+    name attention modules, whose heads are then the units): one-line errors otherwise."""
+    spec = lookup(method)
+    names = select_layers(model, layers, heads=spec.granularity == "unit")
+    modules = dict(model.named_modules())
+    if not spec.heads and any(isinstance(modules[n], Attention) for n in names):
+        raise ValueError(f"method {method!r} cannot prune attention heads; heads are pruned by "
+                         f"{', '.join(m for m, s in METHODS.items() if s.heads)}")
+    return names
 
 
 def mlp_only_message(methods: list[str], model: nn.Module) -> str:

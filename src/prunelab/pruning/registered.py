@@ -85,12 +85,12 @@ for _method in (
     PruningMethod("unit-act-refit", "unit",
                   chain_or_graph(unit_compute(activation_choice), unit_refit_any),
                   "units with the lowest ||activation|| * ||outgoing weights|| removed; the "
-                  "layers reading them refit by least squares", needs_calibration=True),
+                  "layers reading them refit by least squares", needs_calibration=True, heads=True),
     PruningMethod("unit-obs", "unit",
                   chain_or_graph(unit_compute(obs_choice), _GRAPH_OBS),
                   "units removed greedily by structured OBS (a channel: all the columns it "
                   "feeds), the layers reading them refit by least squares",
-                  needs_calibration=True),
+                  needs_calibration=True, heads=True),
     PruningMethod("unit-obs-selected", "unit",
                   chain_or_graph(best_of({f"batch {b}": unit_compute(obs_chooser(b))
                                           for b in (0.01, 0.02, 0.03, 0.05)}),
@@ -98,14 +98,14 @@ for _method in (
                   "unit-obs with 1, 2, 3 and 5 % of the units per OBS step; keeps the variant "
                   "agreeing most with the dense predictions on the calibration images (other "
                   "models than an MLP: unit-obs, one unit per step)",
-                  needs_calibration=True),
+                  needs_calibration=True, heads=True),
     PruningMethod("unit-obs-allocated", "unit",
                   chain_or_graph(unit_compute(obs_choice, obs_allocation,
                                               relu_rounds=UNIT_RELU_ROUNDS),
                                  _GRAPH_OBS_ALLOCATED),
                   "unit-obs with per-layer unit counts from the OBS error curves (k of all "
                   "pruned units overall); on an MLP a ReLU-aware refit of the next layer",
-                  needs_calibration=True, overall_sparsity=True),
+                  needs_calibration=True, heads=True, overall_sparsity=True),
 ):
     register(_method)
 

@@ -39,6 +39,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunelab.models.vit import Attention
 from prunelab.pruning import ComputeFn, PruneContext
 from prunelab.pruning.calibrated import (
     damped,
@@ -51,7 +52,7 @@ from prunelab.pruning.calibrated import (
 from prunelab.pruning.capture import capture_grams, forward_order, groups_of
 from prunelab.pruning.coupling import dependency_graph, out_channel_pruner
 from prunelab.pruning.sparsity import is_relu_chain
-from prunelab.pruning.targets import as_matrix, prunable_modules
+from prunelab.pruning.targets import as_matrix, head_rows, prunable_modules
 from prunelab.pruning.units import spend_removals
 
 __all__ = [
@@ -119,6 +120,43 @@ GraphChooser = Callable[[int, int, list[Reader]], torch.Tensor]
 
 GraphAllocation = Callable[[nn.Module, list[str], float, PruneContext], dict[str, int]]
 """(model, names, overall sparsity, context) -> {layer: units kept}."""
+
+
+def reader_map(model: nn.Module, names: list[str],
+               example: torch.Tensor) -> dict[str, dict[str, list[torch.Tensor]]]:
+    """``consumer_columns`` for layers, and for attention modules (their units are heads) the
+    output projection with each head's columns."""
+    modules = dict(model.named_modules())
+    heads = [n for n in names if isinstance(modules[n], Attention)]
+    out = consumer_columns(model, [n for n in names if n not in heads], example) \
+        if len(heads) < len(names) else {}
+    for name in heads:
+        attn = modules[name]
+        d = attn.q.out_features // attn.heads
+        out[name] = {f"{name}.proj": [torch.arange(h * d, (h + 1) * d)
+                                      for h in range(attn.heads)]}
+    return out
+
+
+def _units(layer: nn.Module) -> int:
+    return layer.heads if isinstance(layer, Attention) else layer.weight.shape[0]
+
+
+def _drop_units(name: str, layer: nn.Module, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero the incoming rows of the units not ``kept`` (in place, in the copy being pruned);
+    returns the new weights by layer name (an attention module: its q, k and v)."""
+    if isinstance(layer, Attention):
+        rows, parts = head_rows(layer, kept), (("q", layer.q), ("k", layer.k), ("v", layer.v))
+    else:
+        rows, parts = kept, (("", layer),)
+    out = {}
+    with torch.no_grad():
+        for part, lin in parts:
+            lin.weight[~rows] = 0
+            if lin.bias is not None:
+                lin.bias[~rows] = 0
+            out[f"{name}.{part}" if part else name] = lin.weight.detach().clone()
+    return out
 
 
 def activation_units(units: int, keep: int, readers: list[Reader]) -> torch.Tensor:
@@ -231,11 +269,11 @@ def obs_allocation_any(model: nn.Module, names: list[str], sparsity: float,
     group-OBS path on the dense network, relative to the energy of its readers' outputs, and
     the cheapest removals across layers (``units.spend_removals``)."""
     dense, _, x, order = hooked_pair(model, names, context)
-    readers = consumer_columns(dense, names, x[:1])
+    readers = reader_map(dense, names, x[:1])
     modules = dict(dense.named_modules())
     steps = {}
     for name in order:
-        units = modules[name].weight.shape[0]
+        units = _units(modules[name])
         _check_readers(name, units, readers[name])
         rs = _readers(dense, dense, readers[name], x)
         energy = sum(float((r.rhs * r.weight).sum()) for r in rs)  # ||W x||^2 per row
@@ -270,10 +308,12 @@ def graph_unit_compute(choose: GraphChooser, allocate: GraphAllocation | None = 
         dense, pruned, x, order = hooked_pair(model, names, context)
         modules = dict(pruned.named_modules())
         dense_mods = dict(dense.named_modules())
-        readers = consumer_columns(dense, names, x[:1])
+        readers = reader_map(dense, names, x[:1])
         if compensate:
             order = forward_order(dense, [n for n, m in prunable_modules(dense)
-                                          if not getattr(m, "groups", 1) > 1], x[:1])
+                                          if not getattr(m, "groups", 1) > 1] +
+                                  [n for n in names if isinstance(modules[n], Attention)],
+                                  x[:1])
         out: dict[str, torch.Tensor] = {}
         started = False
         for name in order:
@@ -287,16 +327,12 @@ def graph_unit_compute(choose: GraphChooser, allocate: GraphAllocation | None = 
                     refresh_batchnorm(pruned, x)
                 continue
             started = True
-            units = layer.weight.shape[0]
+            units = _units(layer)
             _check_readers(name, units, readers[name])
             rs = _readers(dense, pruned, readers[name], x)
             keep = keeps[name] if keeps else keep_count(units, sparsity)
             kept = choose(units, keep, rs)
-            with torch.no_grad():
-                layer.weight[~kept] = 0
-                if layer.bias is not None:
-                    layer.bias[~kept] = 0
-            out[name] = layer.weight.detach().clone()
+            out.update(_drop_units(name, layer, kept))
             for r in rs:
                 dead = torch.cat([cols for j, cols in enumerate(r.cols) if not kept[j]] or
                                  [torch.zeros(0, dtype=torch.long)])

@@ -26,10 +26,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["PRUNABLE_TYPES", "as_matrix", "default_layers", "prunable_modules", "select_layers"]
+from prunelab.models.vit import Attention
+
+__all__ = ["PRUNABLE_TYPES", "as_matrix", "default_layers", "head_modules", "head_rows",
+           "prunable_modules", "select_layers"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 """Module types whose ``weight`` a method may prune."""
+
+
+def head_modules(model: nn.Module) -> list[tuple[str, Attention]]:
+    """The attention modules whose heads unit methods may prune (prunelab's ``vit``
+    ``Attention``: a head is a unit, its q, k and v rows and its output-projection columns)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)]
+
+
+def head_rows(attn: Attention, heads: torch.Tensor) -> torch.Tensor:
+    """Bool (heads,) -> bool (dim,): the q/k/v rows (projection columns) of those heads."""
+    return heads.repeat_interleave(attn.q.out_features // attn.heads)
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -47,18 +61,22 @@ def default_layers(model: nn.Module) -> list[str]:
     return names[:-1]
 
 
-def select_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
+def select_layers(model: nn.Module, patterns: Sequence[str] | None = None,
+                  heads: bool = False) -> list[str]:
     """Prunable layers named by ``patterns`` (exact names or globs), in registration order.
 
     ``None`` means ``default_layers(model)``. A pattern that matches no prunable layer is an
     error naming it (and the type of the module, when it names one that cannot be pruned).
+    ``heads``: attention modules (``head_modules``) may be named too (unit methods: their heads
+    are the units).
     """
     if patterns is None:
         return default_layers(model)
     if isinstance(patterns, str):
         raise TypeError(f"layers must be a list of names or patterns, got the string {patterns!r}")
     modules = dict(model.named_modules())
-    prunable = [name for name, _ in prunable_modules(model)]
+    prunable = [name for name, m in modules.items() if name and (
+        isinstance(m, PRUNABLE_TYPES) or (heads and isinstance(m, Attention)))]
     chosen: set[str] = set()
     for pattern in patterns:
         hits = [n for n in prunable if fnmatch.fnmatchcase(n, pattern)]

@@ -26,13 +26,13 @@ from prunelab.pruning import (
     PruneContext,
     apply_weights,
     check_sparsity,
+    chosen_layers,
     lookup,
     mlp_only_message,
     prune,
 )
 from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
 from prunelab.pruning.sparsity import is_relu_chain, measure_sparsity
-from prunelab.pruning.targets import select_layers
 from prunelab.study.checkpoint import train_into
 from prunelab.study.lock import run_lock
 from prunelab.study.memory import PeakMemory
@@ -282,7 +282,8 @@ def check_sweep(model: nn.Module, config: SweepConfig) -> None:
     if unsupported and not is_relu_chain(model):
         raise ValueError(mlp_only_message(unsupported, model))
     if config.layers:
-        select_layers(model, list(config.layers))  # names what matches nothing
+        for method in config.methods:  # names what matches nothing, or cannot be pruned
+            chosen_layers(model, method, list(config.layers))
 
 
 def sweep_settings(model: nn.Module, n_train: int, config: SweepConfig,
