@@ -175,7 +175,8 @@ def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
     out: dict[str, torch.Tensor] = {}
     for name in order:
         layer = modules[name]
-        grams = capture_grams(dense, pruned, name, x)
+        grams = capture_grams(dense, pruned, name,
+                              x[:CONV_IMAGES] if isinstance(layer, nn.Conv2d) else x)
         w = as_matrix(layer.weight.detach()).double()
         if groups_of(layer) == 1:
             new = step(_hooked_inputs(name, w, grams.gram, grams.cross, grams.count))
@@ -189,6 +190,15 @@ def _sequential_hooks(model: nn.Module, names: list[str], context: PruneContext,
         refresh_batchnorm(pruned, x)
     return out
 
+
+CONV_IMAGES = 1024
+"""Calibration images a conv's Gram matrices are captured on by the weight methods: each image
+gives a row per output position (a ResNet's smallest stage: 49), so 1024 images are >= 50,000
+rows for at most 576 columns; more (2048 by default, ``refit-gradual``'s 8192, chosen for an
+MLP's one row per image) only cost time. Linear layers use every calibration image. Measured on
+the default ResNet (Fashion-MNIST, 70/80/90/95 % of weights): ``refit-global`` 91.55 / 90.20 /
+87.12 / 81.12 with every image, 91.63 / 90.32 / 86.71 / 80.81 with 1024, in 12 instead of 17 s
+per k; ``refit-gradual`` 56 -> 15 s per k at the same accuracy (90.23 -> 90.29 at 70 %)."""
 
 BN_REFRESH = 512
 """Calibration images the statistics are re-estimated on between layers (a ResNet conv sees
