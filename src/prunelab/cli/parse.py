@@ -51,11 +51,11 @@ def parse_percents(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def parse_methods(text: str, family: str = "mlp") -> tuple[str, ...]:
-    """``"weight,unit"`` or ``"all"`` -> method names (checked by ``SweepConfig``); ``all`` on
-    another model than the ``mlp`` leaves out the methods that need an MLP."""
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"weight,unit"`` or ``"all"`` (every registered method: each runs on every model) ->
+    method names (checked by ``SweepConfig``)."""
     if text.strip() == "all":
-        return tuple(m for m, spec in METHODS.items() if family == "mlp" or not spec.mlp_only)
+        return tuple(METHODS)
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 

@@ -214,7 +214,7 @@ def run(dataset, family, model_opts, epochs, seed, batch_size, lr, hidden, bias,
     seeds = parse_seeds(seeds_text) if seeds_text is not None else (seed,)
     config = _run_config(dataset, family, model_opts, epochs, seeds[0], batch_size, lr, hidden,
                          bias)
-    sweep_config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
+    sweep_config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
                                calibration_size, bn_recalibrate, _layers(layers_text))
     check_sweep(build_model(config.family, config.model), sweep_config)  # before training
     run_dir = out or default_run_dir(dataset, seeds, family)
@@ -268,8 +268,8 @@ def sweep(run_dir, seeds_text, executor, workers, ray_address, sparsities, metho
     the summary over seeds is written.
     """
     found = seed_dirs(run_dir)
-    family = load_run(next(iter(found.values()), run_dir)).config.family
-    config = SweepConfig(parse_methods(methods, family), parse_percents(sparsities),
+    load_run(next(iter(found.values()), run_dir))  # a missing or damaged folder: an error now
+    config = SweepConfig(parse_methods(methods), parse_percents(sparsities),
                          calibration_size, bn_recalibrate, _layers(layers_text))
     if not found and seeds_text is not None:
         raise ValueError(f"--seeds needs a multi-seed run folder (with seed<k>/ folders); "

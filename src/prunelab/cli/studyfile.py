@@ -196,7 +196,7 @@ def parse_study(text: str, path: Path = Path("study.toml")) -> Study:
     for k in percents:
         if not 0 <= k <= 100:
             raise src.error(("sparsities",), f"sparsities are percents in [0, 100], got {k}")
-    methods = _methods(src, raw, models)
+    methods = _methods(src, raw)
     calibration, bn, shard = (raw.get(k) for k in ("calibration_size", "bn_recalibrate",
                                                    "shard_size"))
     for key, value, kind, what in (("calibration_size", calibration, int, "an integer"),
@@ -222,12 +222,10 @@ def parse_study(text: str, path: Path = Path("study.toml")) -> Study:
     return _checked(src, ("shard_size",), lambda: Study(datasets, models, seeds, sweep, shard))
 
 
-def _methods(src: _Source, raw: dict[str, Any], models: tuple[StudyModel, ...]
-             ) -> tuple[str, ...]:
+def _methods(src: _Source, raw: dict[str, Any]) -> tuple[str, ...]:
     value = raw.get("methods", ["weight", "unit"])
-    if value == "all":  # those that run on every model of the study
-        every = [parse_methods("all", m.family) for m in models]
-        return tuple(m for m in every[0] if all(m in e for e in every))
+    if value == "all":  # every method runs on every model
+        return parse_methods("all")
     return _list(src, raw, "methods", str, "method names (or \"all\")", ())
 
 

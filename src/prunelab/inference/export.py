@@ -43,6 +43,7 @@ __all__ = [
     "check_onnxruntime",
     "export_onnx",
     "load_model",
+    "onnxruntime_available",
     "onnxruntime_session",
     "run_onnx",
     "save_model",
@@ -221,9 +222,14 @@ def export_onnx(net: nn.Module, path: Path | str, opset: int = 17,
     return Path(path)
 
 
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime (the ``onnx`` extra) is installed."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def check_onnxruntime() -> None:
     """An ``ImportError`` naming the extra when ONNX Runtime is missing."""
-    if importlib.util.find_spec("onnxruntime") is None:
+    if not onnxruntime_available():
         raise ImportError("running ONNX files needs ONNX Runtime: pip install 'prunelab[onnx]'")
 
 

@@ -34,7 +34,6 @@ random batch of their shape; a difference beyond ``TOLERANCE`` raises (it would 
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +41,8 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.models.vit import Attention
+from prunelab.pruning.capture import forward_order
+from prunelab.pruning.coupling import out_channel_pruner, trace
 from prunelab.pruning.targets import prunable_modules
 
 __all__ = ["TOLERANCE", "CompactionReport", "compact_graph", "max_difference"]
@@ -92,14 +93,17 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor,
         _compact_heads(net, report)
     if not any(bool(_zero_rows(m).any()) for _, m in prunable_modules(net)):
         return net, report  # no layer has a dead output: nothing to trace
-    graph = _trace(net, example_inputs)
+    graph = trace(net, example_inputs)
     names = {m: n for n, m in net.named_modules()}
     output = prunable_modules(net)[-1][1] if prunable_modules(net) else None
     skip = {m for a in net.modules() if isinstance(a, Attention)
             for m in (a.q, a.k, a.v)}  # heads: _compact_heads
     done: set[nn.Module] = set()
-    for name, layer in _forward_layers(net, example_inputs):
-        if layer is output or layer in skip or layer in done:
+    modules = dict(net.named_modules())
+    for name in forward_order(net, [n for n, _ in prunable_modules(net)], example_inputs[:1]):
+        layer = modules[name]
+        if (layer is output or layer in skip or layer in done
+                or layer not in graph.module2node):  # the forward pass never reached it
             continue
         zero, dead, writers, reason = _dead_channels(net, graph, layer, example_inputs, report)
         done |= writers
@@ -110,7 +114,7 @@ def compact_graph(model: nn.Module, example_inputs: torch.Tensor,
         if len(idxs) == before:  # a layer keeps one channel (zeros): shapes stay valid
             idxs = idxs[1:]
         if idxs:
-            graph.get_pruning_group(layer, _out_pruner(layer), idxs=idxs).prune()
+            graph.get_pruning_group(layer, out_channel_pruner(layer), idxs=idxs).prune()
             for w in writers:
                 report.channels[names[w]] = (before, w.weight.shape[0])
     net.zero_grad(set_to_none=True)
@@ -127,37 +131,6 @@ def _check_example(model: nn.Module, example: torch.Tensor) -> None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"example_inputs of shape {tuple(example.shape)} do not fit "
                          f"{type(model).__name__}: {first}") from None
-
-
-def _trace(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    with warnings.catch_warnings(), torch.enable_grad():
-        warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
-        try:
-            return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
-        except (RuntimeError, ValueError, TypeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"cannot trace {type(net).__name__} on an example of shape "
-                             f"{tuple(example.shape)}: {first}") from None
-
-
-def _forward_layers(net: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
-    """Prunable layers in the order the forward pass reaches them."""
-    seen: list[tuple[str, nn.Module]] = []
-    handles = [m.register_forward_pre_hook(
-        lambda mod, _a, n=n: seen.append((n, mod)) if all(mod is not s for _, s in seen)
-        else None) for n, m in prunable_modules(net)]
-    try:
-        with torch.no_grad():
-            net(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def _out_pruner(layer: nn.Module):
-    return tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else \
-        tp.prune_linear_out_channels
 
 
 def _kind(dep) -> tuple[str, nn.Module | None]:
@@ -187,7 +160,7 @@ def _dead_channels(net: nn.Module, graph: tp.DependencyGraph, root: nn.Module,
     zero = _zero_rows(root)
     candidates = zero.nonzero().flatten().tolist()
     members = {j: [(*_kind(dep), [int(i) for i in idxs]) for dep, idxs in
-                   graph.get_pruning_group(root, _out_pruner(root), idxs=[j])]
+                   graph.get_pruning_group(root, out_channel_pruner(root), idxs=[j])]
                for j in (candidates or [0])}  # one channel is enough to learn the writers
     first = next(iter(members.values()))
     writers = {m for kind, m, _ in first if kind == "write"} | {root}

@@ -37,7 +37,6 @@ __all__ = [
     "check_sparsity",
     "lookup",
     "chosen_layers",
-    "mlp_only_message",
     "prune",
     "register",
 ]
@@ -97,8 +96,6 @@ class PruningMethod:
     overall_sparsity: bool = False
     """Whether k is the sparsity of all pruned layers together (each layer's differs) rather
     than of every layer."""
-    mlp_only: bool = False
-    """Whether it needs a chain of Linear layers with ReLU between them (``models.mlp.MLP``)."""
     fixed_sparsity: float | None = None
     """The only sparsity the method produces (N:M patterns: 1 - N/M); None when any k works."""
     heads: bool = False
@@ -182,8 +179,6 @@ def prune(
         raise ValueError(f"method {method!r} has the fixed sparsity {spec.fixed_sparsity:g}, "
                          f"got {sparsity:g}")
     context = context or PruneContext()
-    if spec.mlp_only and not is_relu_chain(model):
-        raise ValueError(mlp_only_message([method], model))
     if spec.needs_calibration and context.calibration is None:
         raise ValueError(f"method {method!r} needs calibration data")
     names = chosen_layers(model, method, layers)
@@ -203,12 +198,6 @@ def chosen_layers(model: nn.Module, method: str, layers: list[str] | None) -> li
         raise ValueError(f"method {method!r} cannot prune attention heads; heads are pruned by "
                          f"{', '.join(m for m, s in METHODS.items() if s.heads)}")
     return names
-
-
-def mlp_only_message(methods: list[str], model: nn.Module) -> str:
-    """The one-line error for methods that need an MLP, on ``model``."""
-    return (f"method(s) {methods} need an MLP (Linear layers with ReLU between them, like "
-            f"prunelab's mlp); a {type(model).__name__} is not one")
 
 
 def _free_units(model: nn.Module, names: list[str], context: PruneContext) -> list[str]:

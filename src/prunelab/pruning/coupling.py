@@ -24,7 +24,8 @@ from torch import nn
 
 from prunelab.pruning.targets import prunable_modules
 
-__all__ = ["coupled_layers", "dependency_graph", "free_unit_layers", "out_channel_pruner"]
+__all__ = ["coupled_layers", "dependency_graph", "free_unit_layers", "out_channel_pruner",
+           "trace"]
 
 
 def out_channel_pruner(module: nn.Module):
@@ -38,15 +39,19 @@ def dependency_graph(model: nn.Module, example: torch.Tensor,
     """The dependency graph of a copy of ``model`` traced on ``example[:1]``, and that copy's
     prunable layers with their names (the graph refers to the copy's modules)."""
     traced = copy.deepcopy(model).eval()  # tracing runs a forward: BatchNorm must not move
+    return trace(traced, example), {m: n for n, m in prunable_modules(traced)}
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` itself (in eval mode) on ``example[:1]``."""
     with warnings.catch_warnings(), torch.enable_grad():  # the graph is traced by autograd
         warnings.simplefilter("ignore")  # e.g. "unwrapped parameters" (a ViT's position table)
         try:
-            graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example[:1])
-        except (RuntimeError, ValueError) as e:
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+        except (RuntimeError, ValueError, TypeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"example input of shape {tuple(example.shape)} does not fit "
                              f"{type(model).__name__}: {first}") from None
-    return graph, {m: n for n, m in prunable_modules(traced)}
 
 
 def coupled_layers(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, ...]]:

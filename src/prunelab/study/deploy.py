@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from prunelab.inference.compact import CompactMLP, compact
 from prunelab.inference.export import (
     check_onnx,
     export_onnx,
+    onnxruntime_available,
     onnxruntime_session,
     run_onnx,
     save_model,
@@ -104,7 +104,7 @@ def compact_run(run_dir: Path, method: str, sparsity: float, out: Path, backend:
     difference = None
     if onnx is not None:
         export_onnx(net, Path(onnx), example_inputs=example)
-        if importlib.util.find_spec("onnxruntime") is not None:
+        if onnxruntime_available():
             with torch.no_grad():
                 difference = max_difference(run_onnx(onnxruntime_session(onnx), example),
                                             net(example))

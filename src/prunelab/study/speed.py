@@ -8,12 +8,12 @@ model, so ``speedup_vs_dense`` is a ratio taken in the same run. ``bench.csv`` a
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,12 @@ from torch import nn
 
 from prunelab.data import Dataset, load_dataset
 from prunelab.inference.compact import CompactMLP, compact
-from prunelab.inference.export import export_onnx, onnxruntime_session, run_onnx
+from prunelab.inference.export import (
+    export_onnx,
+    onnxruntime_available,
+    onnxruntime_session,
+    run_onnx,
+)
 from prunelab.inference.sparse import auto_sparsify
 from prunelab.inference.structural import compact_graph
 from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
@@ -65,6 +70,12 @@ class Subject:
     def mlp(self) -> bool:
         return isinstance(self.pruned, MLP)
 
+    @cached_property
+    def compacted(self) -> nn.Module:
+        """The pruned model compacted (built once, shared by the backends that need it)."""
+        return compact(self.pruned) if self.mlp else compact_graph(self.pruned,
+                                                                   self.example)[0]
+
 
 Builder = Callable[[Subject, int], tuple[nn.Module, str]]
 
@@ -83,14 +94,10 @@ class OnnxModule(nn.Module):
         return run_onnx(self.session, x)
 
 
-def _compacted(s: Subject) -> nn.Module:
-    return compact(s.pruned) if s.mlp else compact_graph(s.pruned, s.example)[0]
-
-
 def _sparse(s: Subject, batch: int, backend: str) -> tuple[nn.Module, str]:
     if s.mlp:
         return compact(s.pruned, backend), backend
-    net, plan = auto_sparsify(_compacted(s), s.example, batch, backend)
+    net, plan = auto_sparsify(s.compacted, s.example, batch, backend)
     return net, _plan_text(plan)
 
 
@@ -101,11 +108,11 @@ def _plan_text(plan: dict[str, str]) -> str:
 NETWORK_BACKENDS: dict[str, Builder] = {
     "dense": lambda s, batch: (s.dense, "unpruned model"),
     "masked": lambda s, batch: (s.pruned, "zeroed weights, dense arithmetic"),
-    "compacted": lambda s, batch: (_compacted(s), "dense"),
+    "compacted": lambda s, batch: (s.compacted, "dense"),
     "sparse": lambda s, batch: _sparse(s, batch, "csr-numba"),
     "sparse-torch": lambda s, batch: _sparse(s, batch, "csr-torch"),
     "onnx-dense": lambda s, batch: (OnnxModule(s.dense, s.example), "ONNX Runtime, unpruned"),
-    "onnx-compacted": lambda s, batch: (OnnxModule(_compacted(s), s.example),
+    "onnx-compacted": lambda s, batch: (OnnxModule(s.compacted, s.example),
                                         "ONNX Runtime, compacted"),
     "auto": lambda s, batch: _auto(s, batch),
 }
@@ -132,7 +139,7 @@ def _auto(s: Subject, batch: int) -> tuple[nn.Module, str]:
         own, plan = _sparse(s, batch, "csr-numba")
     if not onnxruntime_available():
         return own, plan
-    onnx = OnnxModule(_compacted(s), s.example)
+    onnx = OnnxModule(s.compacted, s.example)
     x = _random_inputs(s, batch, torch.Generator().manual_seed(batch))
     own_t, onnx_t = time_calls([lambda: own(x), lambda: onnx(x)], 1, 5, 5.0)
     return (own, plan) if own_t <= onnx_t else (onnx, "ONNX Runtime, compacted")
@@ -140,10 +147,6 @@ def _auto(s: Subject, batch: int) -> tuple[nn.Module, str]:
 
 def _random_inputs(s: Subject, batch: int, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, *s.example.shape[1:], generator=gen)
-
-
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
         flop_ratio = measure_sparsity(dense, example=subject.example).macs_per_sample / live \
             if live else float("inf")
         dense_bytes, _ = weight_bytes(dense)  # against the compacted net: what must be read
-        bytes_ratio = dense_bytes / max(weight_bytes(_compacted(subject))[1], 1)
+        bytes_ratio = dense_bytes / max(weight_bytes(subject.compacted)[1], 1)
         reference = pruned(check_x) if check_x is not None else None
         dense_reference = dense(check_x) if check_x is not None else None
     backends = config.backends

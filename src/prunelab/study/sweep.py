@@ -28,11 +28,10 @@ from prunelab.pruning import (
     check_sparsity,
     chosen_layers,
     lookup,
-    mlp_only_message,
     prune,
 )
 from prunelab.pruning.batchnorm import has_batchnorm, recalibrate_batchnorm
-from prunelab.pruning.sparsity import is_relu_chain, measure_sparsity
+from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.checkpoint import train_into
 from prunelab.study.lock import run_lock
 from prunelab.study.memory import PeakMemory
@@ -278,9 +277,6 @@ def describe_model(model: nn.Module, dataset: str, seed: int) -> dict[str, Any]:
 
 def check_sweep(model: nn.Module, config: SweepConfig) -> None:
     """One-line errors for a sweep that cannot run on ``model``, before any work."""
-    unsupported = [m for m in config.methods if METHODS[m].mlp_only]
-    if unsupported and not is_relu_chain(model):
-        raise ValueError(mlp_only_message(unsupported, model))
     if config.layers:
         for method in config.methods:  # names what matches nothing, or cannot be pruned
             chosen_layers(model, method, list(config.layers))
