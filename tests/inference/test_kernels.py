@@ -101,6 +101,22 @@ def test_whole_network_in_one_call_matches_dense_layers(batch, bias, threads):
     np.testing.assert_allclose(got, h, atol=1e-4)
 
 
+@pytest.mark.parametrize("kept", [0.2, 0.6, 1.0])
+def test_input_features_gathered_or_read_in_place(kept):
+    """Few features read: the tile gathers them; most: the first layer reads the input's own
+    columns (transposed in register blocks, remainders element by element). Same result."""
+    rng = np.random.default_rng(3)
+    index = np.sort(rng.choice(203, size=int(kept * 203), replace=False))
+    weights, _, packed = _network(rng, (index.size, 50, 9), density=0.4, bias=False, index=index)
+    assert packed[-1] == (kept > 0.5)  # direct: the first layer reads x's columns
+    for batch in (1, 17, CHAIN_TILE + 21):
+        x = rng.random((batch, 203)).astype(np.float32)
+        expected = np.maximum(x[:, index] @ weights[0].T, 0) @ weights[1].T
+        np.testing.assert_allclose(chain_matmul(packed, x), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(chain_matmul(packed, x.T, by_feature=True), expected.T,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_whole_network_work_is_split_both_ways(monkeypatch):
     """Big enough for threads: rows split for one tile, tiles for many (both paths exact)."""
     if numba.config.NUMBA_NUM_THREADS < 2:

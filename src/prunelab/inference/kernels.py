@@ -139,7 +139,18 @@ def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                    relu_last: bool = False) -> tuple:
     """Flat arrays for ``chain_matmul``: each layer's ``csr_arrays`` and bias (``None``: zeros),
     the input features the first layer reads, in order, and whether the last layer's output
-    goes through a ReLU too (every other layer's does)."""
+    goes through a ReLU too (every other layer's does).
+
+    When the features read are at least half of those up to the last one, the first layer
+    reads the input's own columns instead of a gathered copy: a batch then goes into the
+    kernel's tiles by whole-block transposes (``_load_tile``), which cost less than gathering
+    the few features skipped would save."""
+    index = np.ascontiguousarray(input_index, dtype=np.int64)
+    direct = index.size == 0 or 2 * index.size >= int(index.max()) + 1
+    if direct and index.size and not np.array_equal(index, np.arange(index.size)):
+        first = layers[0]
+        layers = [(first[0], index[first[1]].astype(np.int32), first[2]), *layers[1:]]
+        index = np.arange(int(index.max()) + 1, dtype=np.int64)
     nnz = [d.size for _, _, d in layers]
     starts = np.cumsum(nnz) - nnz
     indptr = np.concatenate([p.astype(np.int64) + s for (p, _, _), s in zip(layers, starts,
@@ -151,7 +162,7 @@ def pack_csr_chain(layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     bias_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     return (indptr, np.concatenate([i for _, i, _ in layers]),
             np.concatenate([d for _, _, d in layers]), bias, ptr_off, bias_off, sizes,
-            np.ascontiguousarray(input_index, dtype=np.int64), bool(relu_last))
+            index, bool(relu_last), bool(direct))
 
 
 @intrinsic
@@ -165,6 +176,55 @@ def _stack_floats(typingctx, n):  # pragma: no cover - compiled
         return builder.bitcast(buf, ir.FloatType().as_pointer())
 
     return types.CPointer(types.float32)(n), codegen
+
+
+BLOCK = 16
+"""Side of the square blocks ``_load_tile`` transposes in registers (one AVX-512 vector)."""
+
+
+def _butterfly(n: int, h: int) -> tuple[list[int], list[int]]:
+    # Shuffle masks of one stage of an n x n transpose: rows i and i + h exchange the blocks
+    # of h columns that sit on the wrong side of the diagonal.
+    lo = [c if c & h == 0 else n + c - h for c in range(n)]
+    hi = [c + h if c & h == 0 else n + c for c in range(n)]
+    return lo, hi
+
+
+@intrinsic
+def _transpose_block(typingctx, src, r0, c0, dst, d0, e0):  # pragma: no cover - compiled
+    """``dst[d0 + i, e0 + j] = src[r0 + j, c0 + i]`` for i, j < ``BLOCK`` (2-D float32 arrays
+    with unit stride along rows): ``BLOCK`` vector loads, log2(BLOCK) stages of two-input
+    shuffles, ``BLOCK`` vector stores. Measured 0.32 ns per element against 1.0 for the
+    element-by-element loop (which LLVM does not vectorise), a 1024 x 784 batch in 0.3 ms."""
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(ir.FloatType(), BLOCK)
+        i64 = ir.IntType(64)
+
+        def pointer(index, row, col):
+            aryty = signature.args[index]
+            ary = context.make_array(aryty)(context, builder, args[index])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [row, col],
+                                           wraparound=False)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        rows = [builder.load(pointer(0, builder.add(args[1], ir.Constant(i64, j)), args[2]),
+                             align=4) for j in range(BLOCK)]
+        h = BLOCK // 2
+        while h:
+            lo, hi = (ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), m)
+                      for m in _butterfly(BLOCK, h))
+            for i in range(BLOCK):
+                if i & h == 0:
+                    a, b = rows[i], rows[i + h]
+                    rows[i], rows[i + h] = (builder.shuffle_vector(a, b, lo),
+                                            builder.shuffle_vector(a, b, hi))
+            h //= 2
+        for i in range(BLOCK):
+            builder.store(rows[i], pointer(3, builder.add(args[4], ir.Constant(i64, i)), args[5]),
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, types.int64, types.int64, dst, types.int64, types.int64), codegen
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -185,11 +245,24 @@ def _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma:
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _load_tile(x, by_feature, s, index, tile, j0, j1):  # pragma: no cover - compiled
+def _load_tile(x, by_feature, s, index, tile, j0, j1, direct):  # pragma: no cover - compiled
     # Samples s: s+CHAIN_TILE of x (batch, features), or (features, batch) when by_feature,
     # features index[j0:j1], into rows j0:j1 of the feature-major tile; the columns past the
-    # batch are zeroed.
+    # batch are zeroed. With ``direct`` (index[j] == j), a batch-major x is transposed in
+    # BLOCK x BLOCK blocks in registers where whole blocks fit.
     m = min(CHAIN_TILE, (x.shape[1] if by_feature else x.shape[0]) - s)
+    if direct and not by_feature:
+        jb = j0 + (j1 - j0) // BLOCK * BLOCK
+        mb = m // BLOCK * BLOCK
+        for j in range(j0, jb, BLOCK):
+            for b in range(0, mb, BLOCK):
+                _transpose_block(x, np.int64(s + b), np.int64(j), tile, np.int64(j), np.int64(b))
+        for j in range(j0, j1):
+            for b in range(mb if j < jb else 0, m):
+                tile[j, b] = x[s + b, j]
+            for b in range(m, CHAIN_TILE):
+                tile[j, b] = 0.0
+        return
     for j in range(j0, j1):
         f = index[j]
         if by_feature:
@@ -221,8 +294,8 @@ def _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer):  # pragma: no co
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, x,
-                 by_feature, out, work):  # pragma: no cover - compiled
+def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, direct,
+                 x, by_feature, out, work):  # pragma: no cover - compiled
     n = x.shape[1] if by_feature else x.shape[0]
     n_tiles = (n + CHAIN_TILE - 1) // CHAIN_TILE
     n_threads = work.shape[0]
@@ -230,7 +303,7 @@ def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, r
     for t in numba.prange(n_threads):  # thread t takes tiles t, t + n_threads, ...
         a, b = work[t, 0], work[t, 1]
         for tile in range(t, n_tiles, n_threads):
-            _load_tile(x, by_feature, tile * CHAIN_TILE, index, a, 0, index.size)
+            _load_tile(x, by_feature, tile * CHAIN_TILE, index, a, 0, index.size, direct)
             for layer in range(n_layers):
                 ptr, bs = _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer)
                 src, dst = (a, b) if layer % 2 == 0 else (b, a)
@@ -240,14 +313,14 @@ def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, r
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, x,
-                by_feature, out, work, chunks):  # pragma: no cover - compiled
+def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, relu_last, direct,
+                x, by_feature, out, work, chunks):  # pragma: no cover - compiled
     # One tile (a batch of at most CHAIN_TILE), each layer's rows split over the threads.
     a, b = work[0, 0], work[0, 1]
-    step = (index.size + chunks - 1) // chunks
+    step = -(-index.size // (chunks * BLOCK)) * BLOCK  # whole transpose blocks per chunk
     for c in numba.prange(chunks):  # the tile's transpose alone would take a tenth of the time
         _load_tile(x, by_feature, 0, index, a, min(c * step, index.size),
-                   min((c + 1) * step, index.size))
+                   min((c + 1) * step, index.size), direct)
     n_layers = sizes.size
     for layer in range(n_layers):
         ptr, bs = _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer)
@@ -268,14 +341,27 @@ def _workspace(width: int, threads: int) -> np.ndarray:
     """Scratch activations for ``chain_matmul``, two tiles of at least ``width`` features per
     kernel thread, kept per calling thread (and freed with it); a wider one replaces it when
     needed. Measured (weight-pruned 95 %, batch 64, 2 threads): 0.33 ms per call instead of
-    0.37 ms with two fresh 256 KiB tiles per call."""
+    0.37 ms with two fresh 256 KiB tiles per call.
+
+    The tiles start on a cache line (numpy's own buffers start 16 bytes past one here), so
+    each 256-byte activation row is four cache lines, not five: measured 15-25 % faster
+    (weight-pruned 95 % and 99 %, batch 64-1024, 1 thread, interleaved with the unaligned
+    version in one process)."""
     spaces = getattr(_LOCAL, "spaces", None)
     if spaces is None:
         spaces = _LOCAL.spaces = {}
     work = spaces.get(threads)
     if work is None or work.shape[2] < width:
-        work = spaces[threads] = np.zeros((threads, 2, width, CHAIN_TILE), dtype=np.float32)
+        work = spaces[threads] = _aligned((threads, 2, width, CHAIN_TILE))
     return work
+
+
+def _aligned(shape: tuple[int, ...], line: int = 64) -> np.ndarray:
+    """Zeroed float32 array of ``shape`` whose data starts on a ``line``-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n + line // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % line) // 4
+    return raw[start:start + n].reshape(shape)
 
 
 def chain_matmul(packed: tuple, x: np.ndarray, by_feature: bool = False) -> np.ndarray:
