@@ -10,6 +10,7 @@ from __future__ import annotations
 from prunelab.pruning import PruningMethod, register
 from prunelab.pruning.allocation import energy_allocation, magnitude_allocation
 from prunelab.pruning.baselines import global_unit, global_weight, random_unit, random_weight
+from prunelab.pruning.kron import kron_compute
 from prunelab.pruning.obs import sparsegpt_compute
 from prunelab.pruning.patterns import nm_method
 from prunelab.pruning.refit import (
@@ -76,6 +77,11 @@ for _method in (
                   "refit-gradual with per-layer sparsities from one global |w| threshold "
                   "(overall k; data-free allocation, any model)", needs_calibration=True,
                   overall_sparsity=True),
+    PruningMethod("refit-kron", "weight", kron_compute(),
+                  "masks and least-squares refits weighted by each layer's effect on the dense "
+                  "logits (Kronecker-factored Gauss-Newton); per-layer sparsities from one "
+                  "threshold on those OBS saliencies (overall k); output layer refit",
+                  needs_calibration=True, overall_sparsity=True),
     PruningMethod("refit-allocated", "weight",
                   refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
                                 refit_output=True),
