@@ -77,10 +77,10 @@ for _method in (
                   "refit-gradual with per-layer sparsities from one global |w| threshold "
                   "(overall k; data-free allocation, any model)", needs_calibration=True,
                   overall_sparsity=True),
-    PruningMethod("refit-kron", "weight", kron_compute(),
-                  "masks and least-squares refits weighted by each layer's effect on the dense "
-                  "logits (Kronecker-factored Gauss-Newton); per-layer sparsities from one "
-                  "threshold on those OBS saliencies (overall k); output layer refit",
+    PruningMethod("refit-kron", "weight", kron_compute(magnitude_allocation),
+                  "refit-global with masks and least-squares refits weighted by each layer's "
+                  "effect on the dense logits (Kronecker-factored Gauss-Newton; rows coupled); "
+                  "per-layer sparsities from one global |w| threshold (overall k)",
                   needs_calibration=True, overall_sparsity=True),
     PruningMethod("refit-allocated", "weight",
                   refit_compute(wanda_scores, layer_rule, allocate=energy_allocation,
