@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 import torch
@@ -28,15 +29,26 @@ def test_time_calls_medians_per_call():
     assert 0 < fast < slow
 
 
-@pytest.mark.parametrize(("settle", "expected"), [(True, 1 + 2 * 5), (False, 1 + 5)])
-def test_time_calls_settles_each_call_before_timing_it(settle, expected):
-    counts = [0, 0]
+@pytest.mark.parametrize(("settle", "burst", "expected"),
+                         [(True, 1, 1 + 2 * 5), (False, 1, 1 + 5), (True, 3, 1 + 4 * 5)])
+def test_time_calls_settles_each_call_before_timing_it(settle, burst, expected):
+    order = []
+    time_calls([lambda: order.append(0), lambda: order.append(1)], warmup=1, repeats=5,
+               settle=settle, burst=burst)
+    assert order.count(0) == order.count(1) == expected
+    # round-robin: warm-up, then per round each call's settle call and burst in a row
+    per_call = int(settle) + burst
+    assert order[2:2 + 2 * per_call] == [0] * per_call + [1] * per_call
 
-    def call(i):
-        counts[i] += 1
 
-    time_calls([lambda: call(0), lambda: call(1)], warmup=1, repeats=5, settle=settle)
-    assert counts == [expected, expected]
+def test_time_calls_median_is_over_every_timed_call_of_a_burst():
+    durations = iter([0.0] * 2 + [0.0, 0.03, 0.0, 0.0] * 3)  # warm-up, then per round
+
+    def call():
+        time.sleep(next(durations))
+
+    (median,) = time_calls([call], warmup=2, repeats=3, settle=True, burst=3)
+    assert median < 0.02  # one slow call in each burst of three: the median is a fast one
 
 
 @pytest.mark.parametrize(("method", "batch"), [("weight", 1), ("unit", 300)])

@@ -123,6 +123,8 @@ BATCH_DEPENDENT = frozenset({"auto", "sparse", "sparse-torch"})
 """Backends whose module depends on the batch size (the others are built once)."""
 ONNX_BACKENDS = frozenset({"onnx-dense", "onnx-compacted"})
 """Backends that need ONNX Runtime (the ``onnx`` extra); left out, with a warning, without."""
+BURST_MAX_BATCH = 1024
+"""Larger batches take long enough per call to be timed one call per backend and round."""
 DENSE_RUNTIMES = ("dense", "onnx-dense")
 """The unpruned model in each runtime: the fastest of them is the baseline of
 ``speedup_vs_best_dense``."""
@@ -163,6 +165,9 @@ class BenchConfig:
     """Timed rounds; the median is reported."""
     budget_s: float = 10.0
     """Stop repeating (after 3 rounds) once one batch size has taken this long."""
+    burst: int = 5
+    """Timed calls in a row per backend and round, at batches up to ``BURST_MAX_BATCH``
+    (``inference.timing.time_calls``): each backend is timed as it runs when it runs alone."""
     seed: int = 0
     """Seeds the random inputs and randomised pruning methods."""
 
@@ -176,9 +181,9 @@ class BenchConfig:
         backends = ("dense", *(b for b in self.backends if b != "dense"))
         object.__setattr__(self, "batch_sizes", sizes)
         object.__setattr__(self, "backends", backends)
-        if self.repeats < 1 or self.warmup < 0 or self.budget_s <= 0:
-            raise ValueError(f"need repeats >= 1, warmup >= 0, budget_s > 0; got "
-                             f"{self.repeats}, {self.warmup}, {self.budget_s}")
+        if self.repeats < 1 or self.warmup < 0 or self.budget_s <= 0 or self.burst < 1:
+            raise ValueError(f"need repeats >= 1, warmup >= 0, budget_s > 0, burst >= 1; got "
+                             f"{self.repeats}, {self.warmup}, {self.budget_s}, {self.burst}")
 
 
 @torch.no_grad()
@@ -245,7 +250,8 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
                 built[name] = (module, plan, diff)
             x = _random_inputs(subject, batch, gen)
             times = time_calls([lambda m=built[b][0], x=x: m(x) for b in backends],
-                               config.warmup, config.repeats, config.budget_s)
+                               config.warmup, config.repeats, config.budget_s,
+                               burst=config.burst if batch <= BURST_MAX_BATCH else 1)
         best_dense = min(t for b, t in zip(backends, times, strict=True) if b in DENSE_RUNTIMES)
         for name, t in zip(backends, times, strict=True):
             _, plan, diff = built[name]
