@@ -131,7 +131,7 @@ def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
     options.setdefault(("csr-numba",) * len(layers), with_plan(base, "csr-numba"))
     x = torch.rand(batch_size, base.input_size, generator=gen)
     times = time_calls([lambda m=m: m(x) for m in options.values()], warmup=1,
-                       repeats=max(3, repeats // 2), budget_s=2.0, best=True)
+                       repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
     log.info("auto: %s", {"/".join(p): f"{1e3 * t:.3f} ms" for p, t in zip(options, times,
                                                                              strict=True)})
     plan = list(options)[min(range(len(times)), key=times.__getitem__)]
