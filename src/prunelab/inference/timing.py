@@ -112,13 +112,14 @@ def _best_layer(layer: DenseLayer, batch: int, repeats: int, gen: torch.Generato
 
 
 def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
-                 seed: int = 0) -> AutoChoice:
+                 seed: int = 0, inputs: torch.Tensor | None = None) -> AutoChoice:
     """The fastest way found to run ``model`` (a pruned MLP) at ``batch_size`` on this machine.
 
     Compacts ``model`` and times every layer backend per layer on random inputs of the size it
     will see, keeping the fastest of each. Layers interact (caches, threads), so the whole
     network is then timed as planned, all dense, all ``csr-numba`` and as ``model`` unchanged,
-    and the fastest is returned: never slower than the masked network as measured.
+    on ``inputs`` ((batch_size, features); default uniform noise), and the fastest is
+    returned: never slower than the masked network as measured.
     """
     batch_size = check_batch_size(batch_size)
     gen = torch.Generator().manual_seed(seed)
@@ -129,7 +130,7 @@ def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
     planned = CompactMLP(base.input_size, base.input_index, layers, base.chunk)
     options.setdefault(planned.plan, planned)
     options.setdefault(("csr-numba",) * len(layers), with_plan(base, "csr-numba"))
-    x = torch.rand(batch_size, base.input_size, generator=gen)
+    x = torch.rand(batch_size, base.input_size, generator=gen) if inputs is None else inputs
     times = time_calls([lambda m=m: m(x) for m in options.values()], warmup=1,
                        repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
     log.info("auto: %s", {"/".join(p): f"{1e3 * t:.3f} ms" for p, t in zip(options, times,
