@@ -2,11 +2,14 @@
 and ONNX Runtime on the dense and the compacted model (the runtime a user could pick instead).
 
 Prunes the trained model of RUN_DIR with each method at each sparsity, times the forward pass
-of every backend at each batch size (float32, warm-up, median of repeats, round-robin with the
-dense model so that ratios come from the same run), checks every backend's outputs against the
-masked network's on the test set, and prints auto's speed-ups against the *fastest dense runtime*
-measured (torch or ONNX Runtime, 2 intra-op threads, spinning off) next to issue 13's goals and
-the physical ceilings (bytes at batch 1, FLOPs at large batches).
+of every backend at each batch size on the test images (float32, warm-up, median of repeats,
+round-robin with the dense model so that ratios come from the same run, each backend's calls in
+bursts of 5 so that the previous backend's spinning threads weigh on one call of five), checks
+every backend's outputs against the masked network's on the test set, and prints auto's
+speed-ups against the *fastest dense runtime* measured (torch or ONNX Runtime, 2 intra-op
+threads, spinning off) next to issue 13's goals and the physical ceilings (bytes at batch 1,
+FLOPs at large batches). With --no-check the inputs are uniform noise, which the sparse
+kernels run slower than images (they skip zero inputs).
 
 Writes OUT/bench.csv, OUT/bench.json and OUT/plots/bench_speedup.png (OUT defaults to
 RUN_DIR, where `prunelab report` then adds an "Inference speed" section).
