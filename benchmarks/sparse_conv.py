@@ -1,11 +1,11 @@
 """Where a sparse convolution starts to win: each conv of a trained model, dense vs sparse.
 
-For each Conv2d of RUN_DIR's model (groups=1) and each sparsity k, the layer's weights are
+For each Conv2d of RUN_DIR's model and each sparsity k, the layer's weights are
 magnitude-pruned to k and the layer is timed, on the inputs it really receives at one batch
-size, as torch's dense conv and as ``prunelab.inference.sparse.SparseConv2d`` (unfolded input
-times a CSR weight, prunelab's numba kernel), round-robin in one process. Prints the speed-up
-of sparse over dense per layer and k, and the lowest k from which sparse wins for each layer
-(``auto_sparsify`` makes that choice per layer by timing, with a 10 % margin).
+size, as torch's dense conv and as ``prunelab.inference.sparse.SparseConv2d`` (prunelab's
+direct sparse convolution, ``kernels.sparse_conv2d``), round-robin in one process. Prints
+the speed-up of sparse over dense per layer and k, and the lowest k from which sparse wins for
+each layer (``auto_sparsify`` makes that choice per layer by timing, with a 10 % margin).
 
     python benchmarks/sparse_conv.py /work/runs/zoo/resnet --batch-size 256
 """
@@ -42,7 +42,7 @@ def main() -> int:
     data = load_dataset(run.config.dataset, args.data_dir)
     model = run.model.eval()
     convs = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and m.groups == 1]
+             if isinstance(m, nn.Conv2d)]
     inputs: dict[nn.Module, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, a: inputs.setdefault(mod, a[0].detach()))
                for _, m in convs]
@@ -60,7 +60,7 @@ def main() -> int:
         crossover = "never"
         for k in ks:
             pruned = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                               conv.stride, conv.padding, conv.dilation,
+                               conv.stride, conv.padding, conv.dilation, conv.groups,
                                bias=conv.bias is not None)
             with torch.no_grad():
                 pruned.weight.copy_(weight_pruning(conv.weight.detach(), k))
@@ -78,7 +78,7 @@ def main() -> int:
         rows.append([*line, crossover])
         print(" | ".join(rows[-1]), flush=True)
     print()
-    print(tabulate(rows, ["conv", "weight", "output", *[f"k={100 * k:g}%" for k in ks],
+    print(tabulate(rows, ["conv", "weight", "input", *[f"k={100 * k:g}%" for k in ks],
                           "sparse wins from"], tablefmt="github"))
     return 0
 

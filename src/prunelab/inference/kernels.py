@@ -49,7 +49,7 @@ from numba.extending import intrinsic
 
 __all__ = [
     "CHAIN_TILE", "SERIAL_WORK", "chain_matmul", "chain_matvec", "csc_arrays", "csc_matvec",
-    "csr_arrays", "pack_chain", "pack_csr_chain", "warm_up",
+    "csr_arrays", "pack_chain", "pack_conv", "pack_csr_chain", "sparse_conv2d", "warm_up",
 ]
 
 CHAIN_TILE = 64
@@ -430,6 +430,149 @@ def chain_matmul(packed: tuple, x: np.ndarray, by_feature: bool = False) -> np.n
     return out
 
 
+def pack_conv(weight: np.ndarray, groups: int = 1,
+              dilation: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzeros of a conv weight (out, in / groups, kh, kw) for ``sparse_conv2d``, by output
+    channel: (ptr int64 (out + 1), taps int64 (nnz, 3): input channel of the whole input, row
+    and column offset of the tap (dilation applied), values float32 (nnz,))."""
+    weight = np.asarray(weight, dtype=np.float32)
+    out_ch, in_per_group = weight.shape[:2]
+    o, c, i, j = np.nonzero(weight)  # row-major: sorted by output channel
+    ptr = np.zeros(out_ch + 1, dtype=np.int64)
+    np.cumsum(np.bincount(o, minlength=out_ch), out=ptr[1:])
+    group = o // (out_ch // groups)
+    taps = np.stack([group * in_per_group + c, i * dilation[0], j * dilation[1]], axis=1)
+    return ptr, np.ascontiguousarray(taps, dtype=np.int64), weight[o, c, i, j]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def _sparse_conv(x, ptr, taps, values, bias, stride_h, stride_w, pad_h, pad_w,
+                 out):  # pragma: no cover - compiled
+    # Each (image, output channel) plane is its bias plus, per nonzero tap, the input channel's
+    # plane shifted by the tap and scaled by its weight; the plane stays in L1 while its taps
+    # are added. Stride 1 with as many output as input columns (a "same" conv): the shift is
+    # one offset in the flattened planes, so a tap is one long vectorised axpy, and the
+    # columns it wraps into from the next or previous row are saved before and put back after
+    # (exactly). Otherwise a tap is an axpy per output row. The axpys run over slices: with a
+    # signed index numba checks for negative indices and LLVM does not vectorise (10x slower).
+    n, n_out, oh, ow = out.shape
+    h, w = x.shape[2], x.shape[3]
+    flat = stride_h == 1 and stride_w == 1 and ow == w
+    widest = 0
+    for p in range(taps.shape[0]):
+        widest = max(widest, abs(taps[p, 2] - pad_w))
+    x_planes = x.reshape(n, x.shape[1], h * w)  # flattened planes (views)
+    out_planes = out.reshape(n, n_out, oh * ow)
+    for t in numba.prange(n * n_out):
+        img, o = t // n_out, t % n_out
+        plane = out[img, o]
+        dst_f = out_planes[img, o]
+        b = bias[o]
+        for y in range(oh):
+            for xo in range(ow):
+                plane[y, xo] = b
+        saved = np.empty(max(1, oh * widest), dtype=np.float32)
+        for p in range(ptr[o], ptr[o + 1]):
+            dy, dx, v = taps[p, 1] - pad_h, taps[p, 2] - pad_w, values[p]
+            if flat:
+                y0, y1 = max(0, -dy), min(oh, h - dy)
+                if y0 >= y1:
+                    continue
+                off = dy * w + dx
+                start, end = max(y0 * w, -off), min(y1 * w, h * w - off)
+                lo, hi = (w - dx, w) if dx > 0 else (0, -dx)  # columns that wrap
+                k = 0
+                for y in range(y0, y1):
+                    for xo in range(lo, hi):
+                        i = y * w + xo
+                        if start <= i < end:
+                            saved[k] = dst_f[i]
+                            k += 1
+                seg_s = x_planes[img, taps[p, 0], start + off:end + off]
+                seg_d = dst_f[start:end]
+                for i in range(seg_d.size):  # slices: no signed index to check, vectorised
+                    seg_d[i] += v * seg_s[i]
+                k = 0
+                for y in range(y0, y1):
+                    for xo in range(lo, hi):
+                        i = y * w + xo
+                        if start <= i < end:
+                            dst_f[i] = saved[k]
+                            k += 1
+                continue
+            # output columns whose input column xo * stride_w + dx lies in [0, w)
+            x0 = max(0, -(dx // stride_w)) if dx < 0 else 0
+            x1 = min(ow, (w - 1 - dx) // stride_w + 1) if w - 1 - dx >= 0 else 0
+            for y in range(oh):
+                iy = y * stride_h + dy
+                if 0 <= iy < h and x0 < x1:
+                    seg_d = plane[y, x0:x1]
+                    seg_s = x[img, taps[p, 0], iy,
+                              x0 * stride_w + dx:(x1 - 1) * stride_w + dx + 1:stride_w]
+                    for i in range(seg_d.size):
+                        seg_d[i] += v * seg_s[i]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def _split_phases(x, sh, sw, used, out):  # pragma: no cover - compiled
+    # out[i, c * sh * sw + ry * sw + rx, y, x] = x[i, c, y * sh + ry, x * sw + rx], else 0,
+    # for the phases ry * sw + rx that are used
+    n, channels, h, w = x.shape
+    ph, pw = out.shape[2], out.shape[3]
+    for t in numba.prange(n * channels):
+        i, c = t // channels, t % channels
+        for ry in range(sh):
+            for rx in range(sw):
+                if not used[ry * sw + rx]:
+                    continue
+                dst = out[i, c * sh * sw + ry * sw + rx]
+                for y in range(ph):
+                    iy = y * sh + ry
+                    for xo in range(pw):
+                        ix = xo * sw + rx
+                        dst[y, xo] = x[i, c, iy, ix] if iy < h and ix < w else 0.0
+
+
+def sparse_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  bias: np.ndarray, out_channels: int, kernel_size: tuple[int, int],
+                  stride: tuple[int, int], padding: tuple[int, int],
+                  dilation: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """A 2-D convolution of ``x`` (N, C, H, W) float32 with the sparse weight ``pack_conv``
+    made, plus ``bias`` (out,): (N, out, OH, OW) float32, zero padding, any stride, dilation
+    and groups (taps carry their input channel). Work is one vectorised update per nonzero tap
+    (per output row where a tap's shift is not one offset of the flattened planes), so it
+    scales with the nonzeros, not with the weight's size.
+
+    A strided conv is first split into its stride phases (input rows and columns by their
+    remainder modulo the stride, zero-filled to equal sizes): tap (i, j) then reads one phase
+    at stride 1, and when the phases are as wide as the output (odd kernels padded by half,
+    as a ResNet's downsampling convs) each tap is one flat update again."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, channels, h, w = x.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    out = np.empty((n, out_channels, max(oh, 0), max(ow, 0)), dtype=np.float32)
+    if not out.size:
+        return out
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    sh, sw = stride
+    if (sh, sw) != (1, 1) and -(-w // sw) == ow:
+        ph, pw = -(-h // sh), -(-w // sw)
+        ptr, taps, values = packed
+        dy, dx = taps[:, 1] - padding[0], taps[:, 2] - padding[1]
+        used = np.zeros(sh * sw, dtype=np.bool_)  # phases no tap reads are not split out
+        used[(dy % sh) * sw + dx % sw] = True
+        phases = np.empty((n, channels * sh * sw, ph, pw), dtype=np.float32)
+        _split_phases(x, sh, sw, used, phases)
+        phase_taps = np.stack([taps[:, 0] * (sh * sw) + (dy % sh) * sw + dx % sw,
+                               dy // sh, dx // sw], axis=1)
+        _sparse_conv(phases, ptr,
+                     np.ascontiguousarray(phase_taps), values, bias, 1, 1, 0, 0, out)
+        return out
+    _sparse_conv(x, *packed, bias, sh, sw, padding[0], padding[1], out)
+    return out
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel variant."""
     w = np.eye(3, dtype=np.float32)
@@ -442,3 +585,6 @@ def warm_up() -> None:
     for by_feature in (False, True):
         _chain_tiles(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work)
         _chain_rows(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work, 2)
+    for stride in (1, 2):
+        sparse_conv2d(np.ones((1, 1, 3, 3), dtype=np.float32), pack_conv(np.ones((1, 1, 3, 3))),
+                      np.zeros(1), 1, (3, 3), (stride, stride), (1, 1))

@@ -5,9 +5,10 @@ prunelab's layer backends (``inference.layers``: ``csr-numba``, ``csr-torch``):
 
 - ``SparseLinear``: a Linear on inputs of any leading shape (a ViT's tokens included): the
   input is viewed as (rows, features) and the backend's batch-major path runs it;
-- ``SparseConv2d``: a conv as its unfolded input (im2col: one row per output position) times
-  the CSR weight, folded back to (N, out, H, W). Unfolding copies kh*kw times the input, so this
-  wins only at high sparsity; ``auto_sparsify`` measures it.
+- ``SparseConv2d``: with ``csr-numba`` a direct sparse convolution, whose work is a row update
+  per nonzero tap and output row (no unfolded copy of the input); with ``csr-torch`` the
+  unfolded input (im2col) times torch's CSR weight. ``auto_sparsify`` measures where each wins
+  (``benchmarks/sparse_conv.py``).
 
 ``auto_sparsify(model, example, batch)`` chooses per layer, by timing each layer on the inputs
 it really receives at that batch size: the sparse backend where it is at least ``MARGIN``
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,20 +51,35 @@ class SparseLinear(nn.Module):
 
 
 class SparseConv2d(nn.Module):
-    """``nn.Conv2d`` (groups=1) as unfolded input times a sparse weight."""
+    """``nn.Conv2d`` with a sparse weight. ``csr-numba``: a direct sparse convolution
+    (``kernels.sparse_conv2d``: per nonzero tap, shifted rows of its input channel added to the
+    output plane; any stride, dilation and groups); ``csr-torch``: the unfolded input (im2col)
+    times torch's CSR weight (groups=1)."""
 
     def __init__(self, conv: nn.Conv2d, backend: str) -> None:
         super().__init__()
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError("sparse convs need groups=1 and numeric zero padding")
         self.backend = check_backend(backend)
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or (
+                conv.groups != 1 and self.backend != "csr-numba"):
+            raise ValueError("sparse convs need numeric zero padding (and groups=1 for "
+                             "csr-torch)")
         self.out_channels = conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation = conv.padding, conv.dilation
-        w = conv.weight.detach().reshape(conv.out_channels, -1)
-        self.layer = LAYER_BACKENDS[backend](w, conv.bias, relu=False)
+        weight = conv.weight.detach()
+        if self.backend == "csr-numba":
+            self._packed = _kernels().pack_conv(weight.numpy(), conv.groups, conv.dilation)
+            self._bias = (np.zeros(conv.out_channels, np.float32) if conv.bias is None
+                          else conv.bias.detach().numpy().astype(np.float32))
+        else:
+            self.layer = LAYER_BACKENDS[backend](weight.reshape(conv.out_channels, -1),
+                                                 conv.bias, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "csr-numba":
+            return torch.from_numpy(_kernels().sparse_conv2d(
+                x.detach().float().numpy(), self._packed, self._bias, self.out_channels,
+                self.kernel_size, self.stride, self.padding, self.dilation))
         n, _, h, w = x.shape
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) \
@@ -73,6 +90,12 @@ class SparseConv2d(nn.Module):
         y = self.layer.forward_rows(rows)  # (n * positions, out)
         return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, oh, ow)
+
+
+def _kernels():
+    from prunelab.inference import kernels  # imports numba: only when a sparse conv is built
+
+    return kernels
 
 
 def _sparse_twin(module: nn.Module, backend: str) -> nn.Module:
@@ -104,10 +127,12 @@ def sparsify(model: nn.Module, plan: dict[str, str]) -> nn.Module:
     return net
 
 
-def _candidates(model: nn.Module, min_zeros: float) -> list[tuple[str, nn.Module]]:
+def _candidates(model: nn.Module, min_zeros: float,
+                backend: str) -> list[tuple[str, nn.Module]]:
     out = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d)
+                                        and (m.groups == 1 or backend == "csr-numba")
                                         and m.padding_mode == "zeros"
                                         and not isinstance(m.padding, str)):
             if float((m.weight == 0).float().mean()) >= min_zeros:
@@ -133,7 +158,7 @@ def auto_sparsify(model: nn.Module, example: torch.Tensor, batch: int,
     plan {layer: backend}). Each layer with at least ``min_zeros`` zero weights is timed dense
     and sparse on the input it receives when the model runs ``batch`` samples (``example``
     repeated to that size)."""
-    candidates = _candidates(model, min_zeros)
+    candidates = _candidates(model, min_zeros, backend)
     if not candidates:
         return copy.deepcopy(model).eval(), {}
     reps = -(-batch // len(example))
