@@ -203,9 +203,14 @@ def sweep(
             start = time.perf_counter()
             with PeakMemory(device=data.test_x.device) as peak:
                 layers = list(config.layers) if config.layers else None
-                pruned = apply_weights(model, prune(model, method, sparsity, layers, context))
-                if bn_inputs is not None and sparsity > 0:  # k = 0 stays the dense model
-                    pruned = recalibrate_batchnorm(pruned, bn_inputs)
+                if sparsity == 0:  # nothing pruned: the dense model (a refit would only move it)
+                    chosen_layers(model, method, layers)  # still: one-line errors for bad names
+                    pruned = apply_weights(model, {})
+                else:
+                    pruned = apply_weights(model, prune(model, method, sparsity, layers,
+                                                        context))
+                    if bn_inputs is not None:
+                        pruned = recalibrate_batchnorm(pruned, bn_inputs)
             seconds = time.perf_counter() - start
             accuracy, loss = evaluate(pruned, data.test_x, data.test_y)
             stats = measure_sparsity(pruned, example=data.test_x[:1])
