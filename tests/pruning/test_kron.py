@@ -80,3 +80,27 @@ def test_refit_kron_hits_the_overall_sparsity_and_beats_refit_global() -> None:
         with torch.no_grad():
             errors[method] = float((apply_weights(net, weights)(x) - dense).pow(2).mean())
     assert errors["refit-kron"] < errors["refit-global"]
+
+
+def test_output_grams_are_reused_only_for_the_same_model_and_images(monkeypatch) -> None:
+    """A sweep prunes one model at every k: G_out is computed once; new weights or new images
+    compute it again."""
+    from prunelab.pruning import kron
+
+    calls = []
+    real = kron.output_grams
+    monkeypatch.setattr(kron, "output_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = build_mlp(MLPConfig(input_size=12, hidden=(10,), num_classes=3),
+                    torch.Generator().manual_seed(0)).eval()
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
+    first = prune(net, "refit-kron", 0.5, context=PruneContext(calibration=x))
+    prune(net, "refit-kron", 0.7, context=PruneContext(calibration=x))
+    assert len(calls) == 1
+    again = prune(net, "refit-kron", 0.5, context=PruneContext(calibration=x))
+    torch.testing.assert_close(again, first)  # the cached matrices give the same weights
+    prune(net, "refit-kron", 0.5, context=PruneContext(calibration=x + 1))
+    assert len(calls) == 2
+    with torch.no_grad():
+        net.layers[0].weight.mul_(2)
+    prune(net, "refit-kron", 0.5, context=PruneContext(calibration=x + 1))
+    assert len(calls) == 3
