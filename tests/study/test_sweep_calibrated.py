@@ -39,6 +39,22 @@ def test_sweep_records_memory_and_runs_nm_once(data: Dataset) -> None:
     assert {r["granularity"] for r in rows} == {"weight", "unit", "n:m"}
 
 
+def test_rows_at_k_zero_are_the_dense_model_for_every_method(data: Dataset) -> None:
+    """Nothing pruned: a refit method must not move the weights (it used to refit them)."""
+    from prunelab.evaluate import evaluate
+
+    net = build_mlp(MLPConfig(hidden=(16, 8)), torch.Generator().manual_seed(0))
+    dense_accuracy, dense_loss = evaluate(net, data.test_x, data.test_y)
+    rows = list(sweep(net, data, SweepConfig(("refit-gradual", "refit-kron"), (0.0, 0.5), 64)))
+    at_zero = [r for r in rows if r["sparsity_pct"] == 0]
+    assert len(at_zero) == 2
+    for r in at_zero:
+        assert r["accuracy"] == dense_accuracy and r["loss"] == dense_loss
+        assert r["zero_fraction"] == 0 and not r["bn_recalibrated"]
+    at_half = [r for r in rows if r["sparsity_pct"] == 50]
+    assert all(r["zero_fraction"] >= 0.45 for r in at_half)
+
+
 def test_calibration_set_is_training_data_and_seeded(data: Dataset) -> None:
     a, b = calibration_set(data, 50, 3), calibration_set(data, 50, 3)
     assert torch.equal(a, b) and a.shape == (50, 784)
