@@ -60,6 +60,9 @@ CG_TOLERANCE = 1e-12
 """Squared preconditioned residual, relative to the right-hand side's, at which conjugate
 gradients stops (about 1e-6 in norm)."""
 
+OUTPUT_IMAGES = CONV_IMAGES
+"""Calibration images the output Gram matrices are computed on (one backward pass per logit)."""
+
 CG_ITERATIONS = 100
 """Most conjugate-gradient iterations per refit (on LeNet-5 at 90 %: 87.54 % test accuracy
 after 30, 88.13 % after 100)."""
@@ -216,7 +219,7 @@ def kron_compute(allocate: Allocation, steps: int = 3):
     def compute(model: nn.Module, names: list[str], sparsity: float,
                 context: PruneContext) -> dict[str, torch.Tensor]:
         dense = copy.deepcopy(model).eval()
-        x = model_inputs(dense, context)[:CONV_IMAGES]
+        x = model_inputs(dense, context)[:OUTPUT_IMAGES]
         gouts = _cached_output_grams(model, dense, names, x)
         ks = allocate(model, names, sparsity, context)
         todo = list(names)
