@@ -445,6 +445,22 @@ def pack_conv(weight: np.ndarray, groups: int = 1,
     return ptr, np.ascontiguousarray(taps, dtype=np.int64), weight[o, c, i, j]
 
 
+@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+def _wrapped(plane, saved, y0, y1, w, lo, hi, start, end, restore):  # pragma: no cover
+    # Columns lo:hi of rows y0:y1 of a flattened plane that lie in start:end: copied into
+    # ``saved``, or with ``restore`` back from it.
+    k = 0
+    for y in range(y0, y1):
+        for xo in range(lo, hi):
+            i = y * w + xo
+            if start <= i < end:
+                if restore:
+                    plane[i] = saved[k]
+                else:
+                    saved[k] = plane[i]
+                k += 1
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def _sparse_conv(x, ptr, taps, values, bias, stride_h, stride_w, pad_h, pad_w,
                  out):  # pragma: no cover - compiled
@@ -481,24 +497,12 @@ def _sparse_conv(x, ptr, taps, values, bias, stride_h, stride_w, pad_h, pad_w,
                 off = dy * w + dx
                 start, end = max(y0 * w, -off), min(y1 * w, h * w - off)
                 lo, hi = (w - dx, w) if dx > 0 else (0, -dx)  # columns that wrap
-                k = 0
-                for y in range(y0, y1):
-                    for xo in range(lo, hi):
-                        i = y * w + xo
-                        if start <= i < end:
-                            saved[k] = dst_f[i]
-                            k += 1
+                _wrapped(dst_f, saved, y0, y1, w, lo, hi, start, end, False)
                 seg_s = x_planes[img, taps[p, 0], start + off:end + off]
                 seg_d = dst_f[start:end]
                 for i in range(seg_d.size):  # slices: no signed index to check, vectorised
                     seg_d[i] += v * seg_s[i]
-                k = 0
-                for y in range(y0, y1):
-                    for xo in range(lo, hi):
-                        i = y * w + xo
-                        if start <= i < end:
-                            dst_f[i] = saved[k]
-                            k += 1
+                _wrapped(dst_f, saved, y0, y1, w, lo, hi, start, end, True)
                 continue
             # output columns whose input column xo * stride_w + dx lies in [0, w)
             x0 = max(0, -(dx // stride_w)) if dx < 0 else 0
