@@ -52,6 +52,14 @@ def test_the_direct_sparse_conv_is_the_conv(case, batch: int) -> None:
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["csr-numba", "csr-torch"])
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 8, 8)])
+def test_a_sparse_conv_names_an_input_of_the_wrong_shape(backend: str, shape) -> None:
+    conv = SparseConv2d(nn.Conv2d(3, 2, 3, padding=1), backend)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\)"):
+        conv(torch.randn(*shape))
+
+
 def test_an_all_zero_sparse_conv_gives_its_bias() -> None:
     conv = nn.Conv2d(3, 2, 3, stride=2, padding=1)
     with torch.no_grad():

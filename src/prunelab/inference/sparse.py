@@ -63,7 +63,7 @@ class SparseConv2d(nn.Module):
                 conv.groups != 1 and self.backend != "csr-numba"):
             raise ValueError("sparse convs need numeric zero padding (and groups=1 for "
                              "csr-torch)")
-        self.out_channels = conv.out_channels
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation = conv.padding, conv.dilation
         weight = conv.weight.detach()
@@ -76,6 +76,10 @@ class SparseConv2d(nn.Module):
                                                  conv.bias, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            # the compiled kernel does not check its indices: a wrong input would read past it
+            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
         if self.backend == "csr-numba":
             return torch.from_numpy(_kernels().sparse_conv2d(
                 x.detach().float().numpy(), self._packed, self._bias, self.out_channels,
