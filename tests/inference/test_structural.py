@@ -243,3 +243,18 @@ def test_methods_that_cannot_prune_heads_say_so() -> None:
         prune(_zoo("vit", x), "random-unit", 0.5, layers=["blocks.0.attn"])
     with pytest.raises(ValueError, match="cannot be pruned.*Attention"):
         prune(_zoo("vit", x), "weight", 0.5, layers=["blocks.0.attn"])
+
+
+def test_the_equality_check_runs_without_tensorfloat32_and_restores_the_settings():
+    from prunelab.inference.structural import full_float32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(KeyError), full_float32():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+            raise KeyError  # restored on the way out of an error too
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

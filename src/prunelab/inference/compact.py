@@ -71,7 +71,7 @@ class CompactMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.chunk = chunk
         self._gather = input_index.numel() != input_size or not torch.equal(
-            input_index.long(), torch.arange(input_size))
+            input_index.long(), torch.arange(input_size, device=input_index.device))
         self._chain, self._fused = _numba_chains(self.input_index, self.layers)
 
     @property

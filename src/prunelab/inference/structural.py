@@ -33,7 +33,9 @@ random batch of their shape; a difference beyond ``TOLERANCE`` raises (it would 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -168,7 +170,7 @@ def _dead_channels(net: nn.Module, graph: tp.DependencyGraph, root: nn.Module,
         for kind, m, idxs in members[j]:
             if kind == "write":
                 zero[j] &= bool(_zero_rows(m)[idxs].all())
-    none = torch.zeros(n, dtype=torch.bool)
+    none = torch.zeros(n, dtype=torch.bool, device=zero.device)
     if not zero.any():
         return zero, none, writers, ""
     others = sorted({_label(m) for kind, m, _ in first if kind == "other"})
@@ -200,14 +202,22 @@ def _zero_rows(layer: nn.Module) -> torch.Tensor:
     return (w.reshape(w.shape[0], -1) == 0).all(1)
 
 
+def _probe(example: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uniform random batch shaped like ``example`` (on its device), or ``example`` itself
+    when it holds no floats; the same numbers on every device."""
+    if not example.is_floating_point():
+        return example
+    return torch.rand(example.shape, generator=torch.Generator().manual_seed(seed),
+                      dtype=example.dtype).to(example.device)
+
+
 def _reader_inputs(net: nn.Module, readers: set[nn.Module],
                    example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
     """What each reader receives on the example batch and on a random batch of its shape."""
     got: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in readers}
     handles = [m.register_forward_pre_hook(lambda mod, a: got[mod].append(a[0].detach()))
                for m in readers]
-    probe = torch.rand(example.shape, generator=torch.Generator().manual_seed(0),
-                       dtype=example.dtype) if example.is_floating_point() else example
+    probe = _probe(example, seed=0)
     try:
         with torch.no_grad():
             net(example)
@@ -242,7 +252,7 @@ def _reads_nothing(reader: nn.Module, idxs: list[int], x: torch.Tensor,
         cols = w[:, idxs].reshape(w.shape[0], len(idxs), -1).sum(2)  # (out, channels)
         shift = cols @ const.flatten().to(w.dtype)
         if reader.bias is None:
-            reader.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+            reader.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
         reader.bias += shift
         reader.weight[:, idxs] = 0
     report.folded += len(idxs)
@@ -273,7 +283,8 @@ def _compact_heads(net: nn.Module, report: CompactionReport) -> None:
                 attn.proj.bias = nn.Parameter(torch.zeros_like(shift))
             attn.proj.bias += shift
             report.folded += d
-        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in live])
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d, device=attn.q.weight.device)
+                          for h in live])
         for lin in (attn.q, attn.k, attn.v):
             _slice_linear(lin, rows=rows)
         _slice_linear(attn.proj, cols=rows)
@@ -295,10 +306,23 @@ def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None,
     lin.weight = nn.Parameter(w.clone())
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """No TensorFloat-32 inside: CUDA convolutions use it by default, which rounds their
+    inputs to 10-bit mantissas and moves a compacted ResNet's logits by 1e-4 to 3e-4 relative
+    from the masked ones (measured on an H200), past ``TOLERANCE``; the check is about the
+    removal, not the device's precision. Nothing changes on a CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _check_equal(masked: nn.Module, net: nn.Module, example: torch.Tensor) -> None:
-    probe = torch.rand(example.shape, generator=torch.Generator().manual_seed(1),
-                       dtype=example.dtype) if example.is_floating_point() else example
-    with torch.no_grad():
+    probe = _probe(example, seed=1)
+    with torch.no_grad(), full_float32():
         for x in (example, probe):
             diff = max_difference(net(x), masked(x))
             if diff > TOLERANCE:

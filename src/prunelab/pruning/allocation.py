@@ -80,7 +80,7 @@ def _allocate(costs: dict[str, torch.Tensor], sparsity: float) -> dict[str, floa
     """Per layer the fraction below one global threshold keeping the largest costs."""
     flat = torch.cat([c.flatten() for c in costs.values()])
     keep = len(flat) - round(sparsity * len(flat))
-    kept = torch.zeros(len(flat), dtype=torch.bool)
+    kept = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
     if keep > 0:
         kept[flat.topk(keep).indices] = True
     out, start = {}, 0

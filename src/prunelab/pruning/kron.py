@@ -130,7 +130,8 @@ def output_grams(model: nn.Module, names: list[str], x: torch.Tensor,
         for h in handles:
             h.remove()
     return {n: sums[n] / len(x) if n in sums else
-            torch.eye(_out_features(modules[n]), dtype=torch.float64) for n in names}
+            torch.eye(_out_features(modules[n]), dtype=torch.float64, device=x.device)
+            for n in names}
 
 
 _GOUT_CACHE: dict[tuple, Grams] = {}
@@ -198,7 +199,7 @@ def kron_layer(inp: LayerInputs, gout: torch.Tensor, sparsity: float,
     group) is replaced by the identity: the per-row refit."""
     w = inp.weight.double()
     if gout.shape != (len(w), len(w)):
-        gout = torch.eye(len(w), dtype=torch.float64)
+        gout = torch.eye(len(w), dtype=torch.float64, device=w.device)
     gin, gout = damped(inp.gram, REFIT_DAMPING), damped(gout, OUTPUT_DAMPING)
     rhs = inp.dense_weight.double() @ inp.cross
     curvature = torch.outer(spd_inverse(gout).diagonal(), spd_inverse(gin).diagonal())
@@ -228,7 +229,7 @@ def kron_compute(allocate: Allocation, steps: int = 3):
             todo.append(output)
             ks[output] = 0.0
             gouts[output] = torch.eye(_out_features(dict(model.named_modules())[output]),
-                                      dtype=torch.float64)
+                                      dtype=torch.float64, device=x.device)
         return sequential(model, todo, context,
                           lambda inp: kron_layer(inp, gouts[inp.name], ks[inp.name], steps))
 

@@ -89,7 +89,8 @@ def consumer_columns(model: nn.Module, names: list[str],
                 target = dep.target.module
                 if target in prunable and dep.handler in _IN_CHANNELS and target is not layer:
                     span = target.weight[0].numel() // target.weight.shape[1]  # kh*kw, or 1
-                    cols = torch.tensor([c * span + t for c in idxs for t in range(span)])
+                    cols = torch.tensor([c * span + t for c in idxs for t in range(span)],
+                                        device=target.weight.device)
                     readers.setdefault(prunable[target], []).append(cols)
         out[name] = readers
     return out
@@ -133,7 +134,7 @@ def reader_map(model: nn.Module, names: list[str],
     for name in heads:
         attn = modules[name]
         d = attn.q.out_features // attn.heads
-        out[name] = {f"{name}.proj": [torch.arange(h * d, (h + 1) * d)
+        out[name] = {f"{name}.proj": [torch.arange(h * d, (h + 1) * d, device=attn.q.weight.device)
                                       for h in range(attn.heads)]}
     return out
 
@@ -161,12 +162,14 @@ def _drop_units(name: str, layer: nn.Module, kept: torch.Tensor) -> dict[str, to
 
 def activation_units(units: int, keep: int, readers: list[Reader]) -> torch.Tensor:
     """Keep the largest ``||a_j|| * ||W_C[:, cols_j]||`` (summed over readers)."""
-    score = torch.zeros(units, dtype=torch.float64)
+    device = readers[0].weight.device if readers else None
+    score = torch.zeros(units, dtype=torch.float64, device=device)
     for r in readers:
         diag = r.gram.diagonal() * r.count
         for j, cols in enumerate(r.cols):
             score[j] += diag[cols].clamp_min(0).sum().sqrt() * r.weight[:, cols].norm()
-    return torch.zeros(units, dtype=torch.bool).scatter_(0, score.topk(keep).indices, True)
+    return torch.zeros(units, dtype=torch.bool, device=device).scatter_(
+        0, score.topk(keep).indices, True)
 
 
 def group_obs_path(readers: list[Reader], units: int,
@@ -185,11 +188,12 @@ def group_obs_path(readers: list[Reader], units: int,
     for r in readers:
         inv = spd_inverse(damped(r.gram, UNIT_DAMPING))
         state.append((inv, r.rhs @ inv, r.cols))
-    alive = torch.ones(units, dtype=torch.bool)
+    device = readers[0].gram.device if readers else None
+    alive = torch.ones(units, dtype=torch.bool, device=device)
     costs = []
     for _ in range(removals):
         left = alive.nonzero().squeeze(1)
-        cost = torch.zeros(len(left), dtype=torch.float64)
+        cost = torch.zeros(len(left), dtype=torch.float64, device=device)
         for inv, v, cols in state:
             cost += _removal_costs(inv, v, [cols[j] for j in left.tolist()])
         i = int(cost.argmin())
@@ -335,7 +339,7 @@ def graph_unit_compute(choose: GraphChooser, allocate: GraphAllocation | None = 
             out.update(_drop_units(name, layer, kept))
             for r in rs:
                 dead = torch.cat([cols for j, cols in enumerate(r.cols) if not kept[j]] or
-                                 [torch.zeros(0, dtype=torch.long)])
+                                 [torch.zeros(0, dtype=torch.long, device=r.weight.device)])
                 mask = torch.ones_like(r.weight, dtype=torch.bool)
                 mask[:, dead] = False
                 out[r.name] = _refit_rows(modules[r.name], r.gram, r.rhs, mask & (r.weight != 0),

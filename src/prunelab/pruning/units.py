@@ -152,7 +152,7 @@ def spend_removals(steps: dict[str, torch.Tensor], sparsity: float) -> dict[str,
     the ``round(k * all units)`` cheapest removals across layers (every layer keeps one unit)."""
     flat = torch.cat(list(steps.values()))
     total = sum(len(c) + 1 for c in steps.values())
-    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    chosen = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
     chosen[flat.topk(min(round(sparsity * total), len(flat)), largest=False).indices] = True
     out, start = {}, 0
     for name, c in steps.items():

@@ -1,0 +1,149 @@
+"""The study on another device: sweep trained zoo models there and compare with a reference.
+
+Every method runs on whatever device its model and data live on (calibration Grams, the refit
+solves, BatchNorm re-estimation, evaluation). This script sweeps each run folder given on the
+chosen device into a scratch copy and writes one JSON file of rows (method, k, accuracy,
+seconds). With ``--reference`` (the same script's JSON from another device) it prints the
+accuracy difference per row and fails when one differs by more than ``--tolerance`` points:
+float32 sums in another order move a one-shot refit by a few hundredths, a device bug
+(a tensor left on the CPU, a dtype) by far more or into an error. It also trains each family
+for ``--train-steps`` steps on the device, checking that training runs there.
+
+    python scripts/device_check.py runs/zoo/lenet5 runs/zoo/resnet --device cpu --out cpu.json
+    python scripts/device_check.py runs/zoo/lenet5 runs/zoo/resnet --device cuda --out gpu.json \\
+        --reference cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from prunelab.data import load_dataset
+from prunelab.models import build_model
+from prunelab.study.runfolder import load_run
+from prunelab.study.sweep import SweepConfig, resolve_device, run_sweep
+from prunelab.train import train
+
+# Per family: (methods, sparsities in %) -- every method kind, at a moderate and a high k.
+PLAN = {
+    "lenet5": ("weight,unit,global-weight,random-unit,wanda,sparsegpt,refit-magnitude,"
+               "refit-wanda,refit-gradual,refit-global,refit-kron,refit-allocated,unit-act-refit,"
+               "unit-obs,unit-obs-selected,unit-obs-allocated,magnitude-2:4,wanda-2:4,"
+               "sparsegpt-2:4,refit-2:4", "50,90"),
+    "resnet": ("weight,unit,wanda,sparsegpt,refit-gradual,refit-global,refit-kron,unit-act-refit,"
+               "unit-obs,unit-obs-allocated", "50,90"),
+    "mlp": ("weight,unit,wanda,sparsegpt,refit-global,refit-kron,unit-obs", "90"),
+    "vit": ("weight,unit,wanda,sparsegpt,refit-gradual,refit-global,refit-kron,unit-act-refit,"
+            "unit-obs,sparsegpt-2:4,refit-2:4", "50,80"),
+}
+
+
+def _error(e: BaseException) -> str:
+    """The error and where in prunelab it was raised."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "prunelab" in f.filename]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
+
+
+def sweep_on(run_dir: Path, device: torch.device, data_dir: str | None) -> tuple[list, list]:
+    """Rows of every method of the family's plan, one sweep per method (a method that fails
+    is reported and the others still run); (rows, errors)."""
+    run = load_run(run_dir)
+    methods, ks = PLAN.get(run.config.family, PLAN["lenet5"])
+    sparsities = tuple(int(k) / 100 for k in ks.split(","))
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp) / run_dir.name
+        shutil.copytree(run_dir, scratch, ignore=shutil.ignore_patterns("results.*", "bench*"))
+        start = time.perf_counter()
+        for method in methods.split(","):
+            try:
+                results = run_sweep(scratch, SweepConfig(methods=(method,),
+                                                         sparsities=sparsities),
+                                    data_dir, device)
+            except Exception as e:  # noqa: BLE001 - reported, the other methods still run
+                errors.append(f"{run_dir.name} {method}: {_error(e)}")
+                print(errors[-1], flush=True)
+                continue
+            rows += [{"model": run_dir.name, "method": r["method"], "k": r["sparsity_pct"],
+                      "accuracy": 100 * r["accuracy"], "seconds": r["seconds"]}
+                     for r in results.rows if r["method"] == method]
+        seconds = time.perf_counter() - start
+    print(f"{run_dir.name}: {len(rows)} rows on {device} in {seconds:.1f} s", flush=True)
+    return rows, errors
+
+
+def train_on(run_dir: Path, device: torch.device, data_dir: str | None, steps: int) -> str:
+    run = load_run(run_dir)
+    data = load_dataset(run.config.dataset, data_dir)
+    model = build_model(run.config.family, run.config.model,
+                        torch.Generator().manual_seed(run.config.train.seed))
+    batch = run.config.train.batch_size
+    n = min(len(data.train_x), steps * batch)
+    small = type(data)(data.name, data.train_x[:n], data.train_y[:n], data.test_x, data.test_y)
+    start = time.perf_counter()
+    stats = train(model.to(device), small, replace(run.config.train, epochs=1), device)
+    seconds = time.perf_counter() - start
+    return (f"{run_dir.name}: {n // batch} training steps on {device} in {seconds:.1f} s, "
+            f"test accuracy {100 * stats[-1].test_accuracy:.2f} %")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy")
+    parser.add_argument("--train-steps", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        print(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    rows, errors = [], []
+    for run_dir in args.runs:
+        got, failed = sweep_on(run_dir, device, args.data_dir)
+        rows, errors = rows + got, errors + failed
+        if args.train_steps:
+            try:
+                print(train_on(run_dir, device, args.data_dir, args.train_steps), flush=True)
+            except Exception as e:  # noqa: BLE001 - reported with the rest
+                errors.append(f"{run_dir.name} training: {_error(e)}")
+                print(errors[-1], flush=True)
+    args.out.write_text(json.dumps({"device": str(device), "rows": rows, "errors": errors},
+                                   indent=1))
+    for line in errors:
+        print("FAILED", line)
+    if args.reference is None:
+        return 1 if errors else 0
+    reference = json.loads(args.reference.read_text())
+    ref = {(r["model"], r["method"], r["k"]): r for r in reference["rows"]}
+    worst, missing = 0.0, 0
+    for r in rows:
+        other = ref.get((r["model"], r["method"], r["k"]))
+        if other is None:
+            missing += 1
+            continue
+        diff = r["accuracy"] - other["accuracy"]
+        worst = max(worst, abs(diff))
+        print(f"{r['model']:8s} {r['method']:20s} {r['k']:5.1f} %  {r['accuracy']:6.2f} "
+              f"({reference['device']} {other['accuracy']:6.2f}, {diff:+.2f})  "
+              f"{r['seconds']:6.2f} s vs {other['seconds']:6.2f} s")
+    print(f"largest difference {worst:.2f} points over {len(rows) - missing} rows "
+          f"({missing} without a reference); tolerance {args.tolerance}")
+    return 0 if worst <= args.tolerance and not missing and not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
