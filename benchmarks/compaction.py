@@ -10,6 +10,12 @@ and their share of the MAC ratio (issue 12's goal: >= 0.8 at 50 %), and the comp
 (goal for the default ResNet: under 5 s).
 
     python benchmarks/compaction.py /work/runs/zoo/resnet /work/runs/zoo/vit
+    python benchmarks/compaction.py --resnet-widths 16,32,64 --resnet-widths 32,64,128
+
+The second compares the default ResNet's widths with doubled ones: AVX-512 convolution kernels
+(oneDNN in torch, ONNX Runtime's blocked layout) work on blocks of 16 channels, so the default's
+16 -> 8-channel convs cost as much as 16 -> 16 ones, while halving 32/64/128 leaves multiples
+of 16.
 
 Run it on an idle machine (the load average is printed).
 """
@@ -31,6 +37,9 @@ from prunelab.inference.compact import compacted_size
 from prunelab.inference.export import export_onnx, onnxruntime_session, run_onnx
 from prunelab.inference.structural import TOLERANCE, compact_graph, max_difference
 from prunelab.inference.timing import time_calls
+from prunelab.models import build_model
+from prunelab.models.resnet import ResNetConfig
+from prunelab.pruning import PruneContext, apply_weights, prune
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.study.runfolder import load_run
 from prunelab.study.speed import pruned_from_run
@@ -43,11 +52,35 @@ def _onnx(net: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):
     return onnxruntime_session(export_onnx(net, folder / f"{name}.onnx", example_inputs=example))
 
 
+def _subjects(args: argparse.Namespace):
+    """(label, dense model, test images, k -> masked model) per run folder and per
+    ``--resnet-widths``."""
+    for run_dir in args.runs:
+        run = load_run(run_dir)
+        data = load_dataset(run.config.dataset, args.data_dir)
+        yield (run.config.family, run.model.eval(), data.test_x,
+               lambda k, run_dir=run_dir, data=data: pruned_from_run(run_dir, args.method, k,
+                                                                     data)[1])
+    if args.resnet_widths:
+        x = load_dataset("fashion-mnist", args.data_dir).test_x
+    for widths in args.resnet_widths:
+        net = build_model("resnet", ResNetConfig(widths=widths), torch.Generator().manual_seed(0))
+        net.eval()
+        context = PruneContext(example=x[:8])
+        yield (f"resnet {'/'.join(map(str, widths))} (untrained, unit)", net, x,
+               lambda k, net=net, context=context: apply_weights(
+                   net, prune(net, "unit", k, context=context)).eval())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--sparsities", default="25,50,70")
     parser.add_argument("--method", default="unit-act-refit")
+    parser.add_argument("--resnet-widths", action="append", default=[],
+                        type=lambda s: tuple(int(w) for w in s.split(",")),
+                        help="also an untrained ResNet of these stage widths, e.g. 32,64,128 "
+                             "(speed does not depend on training), pruned by unit (L2 norm)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
@@ -58,31 +91,27 @@ def main() -> int:
           f"{args.threads} threads; batch {args.batch_size}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for run_dir in args.runs:
-            run = load_run(run_dir)
-            data = load_dataset(run.config.dataset, args.data_dir)
-            x = data.test_x[: args.batch_size]
-            example = data.test_x[:8]
-            dense = run.model.eval()
+        for n, (label, dense, test_x, masked_at) in enumerate(_subjects(args)):
+            x = test_x[: args.batch_size]
+            example = test_x[:8]
             dense_macs = measure_sparsity(dense, example=example[:1]).macs_per_sample
-            dense_ort = _onnx(dense, example, Path(tmp), f"{run_dir.name}-dense")
+            dense_ort = _onnx(dense, example, Path(tmp), f"{n}-dense")
             for k in (float(s) / 100 for s in args.sparsities.split(",")):
-                _, masked = pruned_from_run(run_dir, args.method, k, data)
+                masked = masked_at(k)
                 start = time.perf_counter()
                 compacted, _ = compact_graph(masked, example)
                 seconds = time.perf_counter() - start
                 with torch.no_grad():
-                    diff = max_difference(compacted(data.test_x[:2000]),
-                                          masked(data.test_x[:2000]))
+                    diff = max_difference(compacted(test_x[:2000]), masked(test_x[:2000]))
                 assert diff <= TOLERANCE, diff
                 _, macs = compacted_size(masked, example)
-                small_ort = _onnx(compacted, example, Path(tmp), f"{run_dir.name}-{k}")
+                small_ort = _onnx(compacted, example, Path(tmp), f"{n}-{k}")
                 with torch.no_grad():
                     calls = [lambda m=m, x=x: m(x) for m in (dense, compacted)]
                     calls += [lambda s=s, x=x: run_onnx(s, x) for s in (dense_ort, small_ort)]
                     t = time_calls(calls, warmup=2, repeats=args.repeats, budget_s=30.0)
                 ratio = dense_macs / macs
-                rows.append([run.config.family, f"{100 * k:g}", f"{ratio:.2f}x",
+                rows.append([label, f"{100 * k:g}", f"{ratio:.2f}x",
                              f"{t[0] / t[1]:.2f}x ({t[0] / t[1] / ratio:.2f})",
                              f"{t[2] / t[3]:.2f}x ({t[2] / t[3] / ratio:.2f})",
                              f"{min(t[0], t[2]) / min(t[1], t[3]):.2f}x",
