@@ -16,6 +16,7 @@ from prunelab.inference.kernels import (
     csc_matvec,
     csr_arrays,
     pack_csr_chain,
+    tile_samples,
 )
 
 
@@ -131,13 +132,45 @@ def test_whole_network_work_is_split_both_ways(monkeypatch):
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        for batch in (20, 4 * CHAIN_TILE):
+        for batch in (12, 4 * CHAIN_TILE):
             x = rng.random((batch, 320)).astype(np.float32)
             expected = np.maximum(x[:, index] @ weights[0].T, 0) @ weights[1].T
             np.testing.assert_allclose(chain_matmul(packed, x), expected, rtol=1e-4, atol=1e-3)
     finally:
         numba.set_num_threads(previous)
     assert called == ["_chain_rows", "_chain_tiles"]
+
+
+@pytest.mark.parametrize("samples", [16, 32, CHAIN_TILE])
+@pytest.mark.parametrize("by_feature", [False, True])
+def test_every_tile_width_matches_the_dense_network(samples, by_feature):
+    """Tiles of 16 and 32 samples (explicit vector code) and of ``CHAIN_TILE`` give the same
+    network, with biases, ReLUs and empty rows, for batches that fill no tile exactly."""
+    rng = np.random.default_rng(samples)
+    weights, biases, packed = _network(rng, (90, 130, 70, 11), density=0.3, bias=True)
+    for batch in (1, samples - 3, 2 * samples + 5):
+        x = rng.standard_normal((batch, 90)).astype(np.float32)
+        expected = x
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            expected = expected @ w.T + b
+            expected = np.maximum(expected, 0) if i < len(weights) - 1 else expected
+        out = np.empty((11, batch) if by_feature else (batch, 11), dtype=np.float32)
+        for threads in (1, 2):
+            work = kernels._workspace(130, threads, samples)
+            kernels._chain_tiles(*packed, np.ascontiguousarray(x.T) if by_feature else x,
+                                 by_feature, out, work)
+            np.testing.assert_allclose(out.T if by_feature else out, expected, rtol=1e-4,
+                                       atol=1e-4)
+
+
+@pytest.mark.parametrize(("batch", "threads", "samples"), [
+    (1, 1, 16), (16, 1, 16), (17, 1, 32), (33, 1, CHAIN_TILE), (1000, 1, CHAIN_TILE),
+    (10, 2, 16), (32, 2, 16), (64, 2, 32), (100, 2, CHAIN_TILE), (1024, 2, CHAIN_TILE),
+])
+def test_tile_width_follows_the_batch_and_threads(batch, threads, samples):
+    """A batch of 64 on two threads: a tile of 32 each, not one of 64 for one thread; a
+    small batch: a tile no wider than it needs."""
+    assert tile_samples(batch, threads) == samples
 
 
 def test_concurrent_calls_from_two_threads_do_not_share_scratch():

@@ -54,7 +54,8 @@ from numba.extending import intrinsic
 
 __all__ = [
     "CHAIN_TILE", "SERIAL_WORK", "chain_matmul", "chain_matvec", "csc_arrays", "csc_matvec",
-    "csr_arrays", "pack_chain", "pack_conv", "pack_csr_chain", "sparse_conv2d", "warm_up",
+    "csr_arrays", "pack_chain", "pack_conv", "pack_csr_chain", "sparse_conv2d", "tile_samples",
+    "warm_up",
 ]
 
 CHAIN_TILE = 64
@@ -269,6 +270,114 @@ def _wide_vectors(typingctx):  # pragma: no cover - compiled
     return types.void(), codegen
 
 
+def _vector_at(builder, pointer, k):
+    # The k-th BLOCK-float vector from ``pointer`` (a float*).
+    vec = ir.VectorType(ir.FloatType(), BLOCK)
+    return builder.bitcast(builder.gep(pointer, [ir.Constant(ir.IntType(64), BLOCK * k)]),
+                           vec.as_pointer())
+
+
+def _splat(builder, value):
+    vec = ir.VectorType(ir.FloatType(), BLOCK)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK))
+
+
+def _row_pointer(context, builder, aryty, ary, row):
+    ary = context.make_array(aryty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aryty, ary,
+                                    [row, ir.Constant(ir.IntType(64), 0)], wraparound=False)
+
+
+def _row_vectors(n: int):
+    """Intrinsics on a stack accumulator of ``n`` x ``BLOCK`` floats, written as explicit
+    vector operations: (fill with a value, add a scalar times a tile row, store to a tile row
+    with an optional ReLU). Written as plain loops, a 16- or 32-sample row is unrolled into
+    scalars and LLVM vectorises the loop over the *nonzeros* instead, with gathers (measured
+    5-7x slower); 64 samples are long enough to escape that."""
+
+    @intrinsic
+    def fill(typingctx, acc, value):
+        def codegen(context, builder, signature, args):
+            splat = _splat(builder, args[1])
+            for k in range(n):
+                builder.store(splat, _vector_at(builder, args[0], k), align=4)
+            return context.get_dummy_value()
+
+        return types.void(acc, value), codegen
+
+    @intrinsic
+    def axpy(typingctx, acc, w, h, row):
+        def codegen(context, builder, signature, args):
+            src = _row_pointer(context, builder, signature.args[2], args[2], args[3])
+            splat = _splat(builder, args[1])
+            for k in range(n):  # tile rows start on cache lines (_aligned)
+                x = builder.load(_vector_at(builder, src, k), align=64)
+                a = builder.load(_vector_at(builder, args[0], k), align=4)
+                builder.store(builder.fadd(a, builder.fmul(splat, x, flags=["fast"]),
+                                           flags=["fast"]), _vector_at(builder, args[0], k),
+                              align=4)
+            return context.get_dummy_value()
+
+        return types.void(acc, w, h, row), codegen
+
+    @intrinsic
+    def store(typingctx, acc, h, row, relu):
+        def codegen(context, builder, signature, args):
+            dst = _row_pointer(context, builder, signature.args[1], args[1], args[2])
+            zero = ir.Constant(ir.VectorType(ir.FloatType(), BLOCK), [0.0] * BLOCK)
+            for k in range(n):
+                a = builder.load(_vector_at(builder, args[0], k), align=4)
+                cut = builder.select(builder.fcmp_ordered("<", a, zero), zero, a)
+                builder.store(builder.select(args[3], cut, a), _vector_at(builder, dst, k),
+                              align=64)
+            return context.get_dummy_value()
+
+        return types.void(acc, h, row, relu), codegen
+
+    return fill, axpy, store
+
+
+_fill16, _axpy16, _store16 = _row_vectors(1)
+_fill32, _axpy32, _store32 = _row_vectors(2)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _tile_rows16(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
+    # _tile_rows for tiles of 16 samples (one vector per row).
+    acc = _stack_floats(16)
+    for r in range(r0, r1):
+        _fill16(acc, bias[r])
+        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+            _axpy16(acc, data[p], hin, np.uint64(indices[p]))
+        _store16(acc, hout, np.uint64(r), relu)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _tile_rows32(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
+    # _tile_rows for tiles of 32 samples (two vectors per row).
+    acc = _stack_floats(32)
+    for r in range(r0, r1):
+        _fill32(acc, bias[r])
+        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+            _axpy32(acc, data[p], hin, np.uint64(indices[p]))
+        _store32(acc, hout, np.uint64(r), relu)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _rows_of_width(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
+    # The row kernel for the tile's width (16, 32 or CHAIN_TILE samples).
+    width = hin.shape[1]
+    if width == 16:
+        _tile_rows16(indptr, indices, data, bias, hin, hout, relu, r0, r1)
+    elif width == 32:
+        _tile_rows32(indptr, indices, data, bias, hin, hout, relu, r0, r1)
+    else:
+        _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1)
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
     # Rows r0:r1 of hout (out, CHAIN_TILE) from hin (in, CHAIN_TILE). The accumulator lives on
@@ -289,11 +398,12 @@ def _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma:
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _load_tile(x, by_feature, s, index, tile, j0, j1, direct):  # pragma: no cover - compiled
-    # Samples s: s+CHAIN_TILE of x (batch, features), or (features, batch) when by_feature,
-    # features index[j0:j1], into rows j0:j1 of the feature-major tile; the columns past the
-    # batch are zeroed. With ``direct`` (index[j] == j), a batch-major x is transposed in
-    # BLOCK x BLOCK blocks in registers where whole blocks fit.
-    m = min(CHAIN_TILE, (x.shape[1] if by_feature else x.shape[0]) - s)
+    # Samples s: s+width of x (batch, features), or (features, batch) when by_feature,
+    # features index[j0:j1], into rows j0:j1 of the feature-major tile (features, width); the
+    # columns past the batch are zeroed. With ``direct`` (index[j] == j), a batch-major x is
+    # transposed in BLOCK x BLOCK blocks in registers where whole blocks fit.
+    width = tile.shape[1]
+    m = min(width, (x.shape[1] if by_feature else x.shape[0]) - s)
     if direct and not by_feature:
         jb = j0 + (j1 - j0) // BLOCK * BLOCK
         mb = m // BLOCK * BLOCK
@@ -303,7 +413,7 @@ def _load_tile(x, by_feature, s, index, tile, j0, j1, direct):  # pragma: no cov
         for j in range(j0, j1):
             for b in range(mb if j < jb else 0, m):
                 tile[j, b] = x[s + b, j]
-            for b in range(m, CHAIN_TILE):
+            for b in range(m, width):
                 tile[j, b] = 0.0
         return
     for j in range(j0, j1):
@@ -314,18 +424,19 @@ def _load_tile(x, by_feature, s, index, tile, j0, j1, direct):  # pragma: no cov
         else:
             for b in range(m):
                 tile[j, b] = x[s + b, f]
-        for b in range(m, CHAIN_TILE):
+        for b in range(m, width):
             tile[j, b] = 0.0
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _store_tile(tile, s, out, by_feature):  # pragma: no cover - compiled
+    width = tile.shape[1]
     if by_feature:  # out is (outputs, batch)
         for r in range(out.shape[0]):
-            for b in range(min(CHAIN_TILE, out.shape[1] - s)):
+            for b in range(min(width, out.shape[1] - s)):
                 out[r, s + b] = tile[r, b]
     else:
-        for b in range(min(CHAIN_TILE, out.shape[0] - s)):
+        for b in range(min(width, out.shape[0] - s)):
             for r in range(out.shape[1]):
                 out[s + b, r] = tile[r, b]
 
@@ -341,19 +452,20 @@ def _chain_tiles(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, r
                  x, by_feature, out, work):  # pragma: no cover - compiled
     _wide_vectors()  # this function's own copy of _tile_rows (inlined) is vectorised here
     n = x.shape[1] if by_feature else x.shape[0]
-    n_tiles = (n + CHAIN_TILE - 1) // CHAIN_TILE
+    width = work.shape[3]  # samples per tile: 16, 32 or CHAIN_TILE
+    n_tiles = (n + width - 1) // width
     n_threads = work.shape[0]
     n_layers = sizes.size
     for t in numba.prange(n_threads):  # thread t takes tiles t, t + n_threads, ...
         a, b = work[t, 0], work[t, 1]
         for tile in range(t, n_tiles, n_threads):
-            _load_tile(x, by_feature, tile * CHAIN_TILE, index, a, 0, index.size, direct)
+            _load_tile(x, by_feature, tile * width, index, a, 0, index.size, direct)
             for layer in range(n_layers):
                 ptr, bs = _layer_args(indptr, bias, ptr_off, bias_off, sizes, layer)
                 src, dst = (a, b) if layer % 2 == 0 else (b, a)
-                _tile_rows(ptr, indices, data, bs, src, dst,
-                           relu_last or layer < n_layers - 1, 0, sizes[layer])
-            _store_tile(b if n_layers % 2 == 1 else a, tile * CHAIN_TILE, out, by_feature)
+                _rows_of_width(ptr, indices, data, bs, src, dst,
+                               relu_last or layer < n_layers - 1, 0, sizes[layer])
+            _store_tile(b if n_layers % 2 == 1 else a, tile * width, out, by_feature)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
@@ -374,31 +486,50 @@ def _chain_rows(indptr, indices, data, bias, ptr_off, bias_off, sizes, index, re
         step = (n_out + chunks - 1) // chunks
         for c in numba.prange(chunks):
             r0 = min(c * step, n_out)
-            _tile_rows(ptr, indices, data, bs, src, dst, relu_last or layer < n_layers - 1, r0,
-                       min(r0 + step, n_out))
+            _rows_of_width(ptr, indices, data, bs, src, dst, relu_last or layer < n_layers - 1,
+                           r0, min(r0 + step, n_out))
     _store_tile(b if n_layers % 2 == 1 else a, 0, out, by_feature)
 
 
 _LOCAL = threading.local()
 
 
-def _workspace(width: int, threads: int) -> np.ndarray:
-    """Scratch activations for ``chain_matmul``, two tiles of at least ``width`` features per
-    kernel thread, kept per calling thread (and freed with it); a wider one replaces it when
-    needed. Measured (weight-pruned 95 %, batch 64, 2 threads): 0.33 ms per call instead of
-    0.37 ms with two fresh 256 KiB tiles per call.
+def _workspace(features: int, threads: int, samples: int = CHAIN_TILE) -> np.ndarray:
+    """Scratch activations for ``chain_matmul``, two tiles of at least ``features`` rows of
+    ``samples`` per kernel thread, kept per calling thread (and freed with it); a wider one
+    replaces it when needed. Measured (weight-pruned 95 %, batch 64, 2 threads): 0.33 ms per
+    call instead of 0.37 ms with two fresh 256 KiB tiles per call.
 
     The tiles start on a cache line (numpy's own buffers start 16 bytes past one here), so
     each 256-byte activation row is four cache lines, not five: measured 15-25 % faster
     (weight-pruned 95 % and 99 %, batch 64-1024, 1 thread, interleaved with the unaligned
-    version in one process)."""
+    version in one process). Rows of 16 and 32 samples are one and two cache lines."""
     spaces = getattr(_LOCAL, "spaces", None)
     if spaces is None:
         spaces = _LOCAL.spaces = {}
-    work = spaces.get(threads)
-    if work is None or work.shape[2] < width:
-        work = spaces[threads] = _aligned((threads, 2, width, CHAIN_TILE))
+    work = spaces.get((threads, samples))
+    if work is None or work.shape[2] < features:
+        work = spaces[threads, samples] = _aligned((threads, 2, features, samples))
     return work
+
+
+TILE_COST = {16: 0.79, 32: 0.56, CHAIN_TILE: 0.52}
+"""ns per nonzero and 16 samples in a tile of 16, 32 or ``CHAIN_TILE`` samples (one thread, a
+1000 x 1000 layer at 1 and 5 % density; the wider tiles spend less on each nonzero's index and
+value)."""
+
+
+def tile_samples(batch: int, threads: int) -> int:
+    """Samples per tile for ``batch`` on ``threads``: the width whose tiles, dealt to the
+    threads in rounds, cost least (``TILE_COST``). Batch 64 on two threads: two tiles of 32 (one
+    per thread) instead of one of 64 that a single thread would run; batch 10: one tile of 16,
+    not 64 mostly empty samples."""
+    def cost(width: int) -> float:
+        tiles = -(-batch // width)
+        rounds = -(-tiles // threads)
+        return rounds * width / 16 * TILE_COST[width]
+
+    return min(TILE_COST, key=cost)
 
 
 def _aligned(shape: tuple[int, ...], line: int = 64) -> np.ndarray:
@@ -414,24 +545,26 @@ def chain_matmul(packed: tuple, x: np.ndarray, by_feature: bool = False) -> np.n
     (batch, features) and the result (batch, outputs) float32, or with ``by_feature`` both
     feature-major, (features, batch) and (outputs, batch).
 
-    Tiles of ``CHAIN_TILE`` samples go to the threads in turn; a batch of less than a tile per
-    thread is split over each layer's rows when the network is big enough
-    (``ROWS_SPLIT_NNZ``). A small job stays on one thread.
+    Tiles of 16, 32 or ``CHAIN_TILE`` samples (``tile_samples``) go to the threads in turn;
+    a batch of less than a tile per thread is split over each layer's rows when the network is
+    big enough (``ROWS_SPLIT_NNZ``). A small job stays on one thread.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     sizes = packed[6]
     n = x.shape[1] if by_feature else x.shape[0]
     out = np.empty((int(sizes[-1]), n) if by_feature else (n, int(sizes[-1])), dtype=np.float32)
-    n_tiles = -(-n // CHAIN_TILE)
-    if n_tiles == 0:
+    if n == 0:
         return out
     nnz = packed[2].size
     threads = 1 if nnz * n < SERIAL_WORK else numba.get_num_threads()
-    width = max(packed[7].size, int(sizes.max()))
+    samples = tile_samples(n, threads)
+    n_tiles = -(-n // samples)
+    features = max(packed[7].size, int(sizes.max()))
     if 1 < threads and n_tiles < threads and nnz >= ROWS_SPLIT_NNZ:
-        _chain_rows(*packed, x, by_feature, out, _workspace(width, 1), 2 * threads)
+        _chain_rows(*packed, x, by_feature, out, _workspace(features, 1, samples), 2 * threads)
     else:
-        _chain_tiles(*packed, x, by_feature, out, _workspace(width, min(threads, n_tiles)))
+        _chain_tiles(*packed, x, by_feature, out,
+                     _workspace(features, min(threads, n_tiles), samples))
     return out
 
 
@@ -590,10 +723,11 @@ def warm_up() -> None:
     chain_matvec(pack_chain([csc_arrays(w)], np.arange(3), [3]), np.ones(3, dtype=np.float32))
     packed = pack_csr_chain([arrays, arrays], [None, None], np.arange(3))
     x = np.ones((1, 3), dtype=np.float32)
-    work = _workspace(3, 1)
-    for by_feature in (False, True):
-        _chain_tiles(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work)
-        _chain_rows(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work, 2)
+    for samples in TILE_COST:
+        work = _workspace(3, 1, samples)
+        for by_feature in (False, True):
+            _chain_tiles(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work)
+            _chain_rows(*packed, x, by_feature, np.empty((1, 3), dtype=np.float32), work, 2)
     for stride in (1, 2):
         sparse_conv2d(np.ones((1, 1, 3, 3), dtype=np.float32), pack_conv(np.ones((1, 1, 3, 3))),
                       np.zeros(1), 1, (3, 3), (stride, stride), (1, 1))
