@@ -43,11 +43,12 @@ at batch 10,000 (weight-pruned 95 %, 1 thread, when numba layers ran feature-maj
 faster in 1024-sample chunks, dense layers unchanged."""
 
 
-BY_SAMPLE_MAX = 4
+BY_SAMPLE_MAX = 3
 """Batches up to this size run sample by sample through the input-column kernel when the
-network allows (all ``csr-numba``, no biases). Measured, weight-pruned 90 % / 99 %, 2 threads:
-batch 2 in 0.26 / 0.07 ms that way against 0.53 / 0.19 ms as one padded 64-sample tile; from 8
-samples the tile is faster."""
+network allows (all ``csr-numba``, no biases). Measured, seed MLP weight-pruned 90 / 95 / 99 %,
+2 threads, against one 16-sample tile: batch 3 in 0.105 / 0.080 / 0.040 ms that way against
+0.162 / 0.109 / 0.040 ms; batch 4 0.155 / 0.113 / 0.064 against 0.167 / 0.134 / 0.039 ms;
+from 6 samples the tile is faster everywhere."""
 
 
 class CompactMLP(nn.Module):

@@ -59,21 +59,24 @@ __all__ = [
 ]
 
 CHAIN_TILE = 64
-"""Samples per tile in ``chain_matmul``, a compile-time constant. Measured (AVX-512, numba 0.68):
-64 compiles to four 16-lane FMAs per nonzero into four accumulator registers
-(``_wide_vectors``; eight 8-lane ones without it); 32 is unrolled into scalar code, 5-7x
-slower; 128 was within 10 % of 64 at batch 1024, half as fast at batch 64 (padding), and
-doubles the cache each thread needs."""
+"""Samples per tile in ``chain_matmul`` for large batches, a compile-time constant. Measured
+(AVX-512, numba 0.68): 64 compiles to four 16-lane FMAs per nonzero into four accumulator
+registers (``_wide_vectors``; eight 8-lane ones without it); 128 was within 10 % of 64 at batch
+1024, half as fast at batch 64 (padding), and doubles the cache each thread needs. Tiles of 16
+and 32 samples (small batches, a batch of 64 on two threads) are written as explicit vector
+code (``_row_vectors``)."""
 
 SERIAL_WORK = 200_000
 """Below this many multiply-adds a call stays on one thread: waking others costs more."""
 
 ROWS_SPLIT_NNZ = 50_000
-"""A batch of one tile is split over the threads by rows only from this many nonzeros: each
-thread then reads the activations the other wrote, from the other core's cache, at every layer.
-Measured (random 784-1000-1000-500-200-10 networks, batch 16 and 64, 2 threads against 1):
-slower at 24k nonzeros (0.16 against 0.10 ms), even at 48k, faster from 72k (0.22 against
-0.25 ms) to 237k (0.43 against 0.69 ms)."""
+"""A batch of one tile (at most 16 samples on two threads, see ``tile_samples``) is split over
+the threads by rows only from this many nonzeros: each thread then reads the activations the
+other wrote, from the other core's cache, at every layer. Measured with 64-sample tiles (random
+784-1000-1000-500-200-10 networks, batch 16 and 64, 2 threads against 1): slower at 24k
+nonzeros (0.16 against 0.10 ms), even at 48k, faster from 72k (0.22 against 0.25 ms) to 237k
+(0.43 against 0.69 ms); with 16-sample tiles (weight-pruned 95 % seed MLP, 121k nonzeros,
+batch 2-16) 0.12-0.13 ms either way."""
 
 
 def csr_arrays(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
