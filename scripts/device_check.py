@@ -55,11 +55,13 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
 
 
-def sweep_on(run_dir: Path, device: torch.device, data_dir: str | None) -> tuple[list, list]:
-    """Rows of every method of the family's plan, one sweep per method (a method that fails
-    is reported and the others still run); (rows, errors)."""
+def sweep_on(run_dir: Path, device: torch.device, data_dir: str | None,
+             methods: str | None = None, ks: str | None = None) -> tuple[list, list]:
+    """Rows of every method of the family's plan (or ``methods`` at ``ks``), one sweep per
+    method (a method that fails is reported and the others still run); (rows, errors)."""
     run = load_run(run_dir)
-    methods, ks = PLAN.get(run.config.family, PLAN["lenet5"])
+    plan_methods, plan_ks = PLAN.get(run.config.family, PLAN["lenet5"])
+    methods, ks = methods or plan_methods, ks or plan_ks
     sparsities = tuple(int(k) / 100 for k in ks.split(","))
     rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +100,7 @@ def train_on(run_dir: Path, device: torch.device, data_dir: str | None, steps: i
             f"test accuracy {100 * stats[-1].test_accuracy:.2f} %")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--device", default="auto")
@@ -106,14 +108,16 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, default=None)
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy")
     parser.add_argument("--train-steps", type=int, default=0)
+    parser.add_argument("--methods", default=None, help="instead of the family's plan")
+    parser.add_argument("--sparsities", default=None, help="percent, instead of the plan's")
     parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if device.type == "cuda":
         print(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     rows, errors = [], []
     for run_dir in args.runs:
-        got, failed = sweep_on(run_dir, device, args.data_dir)
+        got, failed = sweep_on(run_dir, device, args.data_dir, args.methods, args.sparsities)
         rows, errors = rows + got, errors + failed
         if args.train_steps:
             try:
