@@ -17,12 +17,13 @@ nonzero and tile (one thread); the transposes and the per-row work are a tenth. 
 the core's, not the memory's: with the activations held in L1 (64-128 rows) a nonzero takes the
 same 2.1-2.3 ns, and 2.1 ns without its index and value loads; a second set of accumulators, 2
 rows at once, premultiplied row offsets and 128- or 256-sample tiles all measured 0.52-0.8 ns
-per 16 samples. Each multiply-add needs its own 64-byte activation load (no two rows of an
-unstructured sparse matrix share their columns), and this machine does about two such
-load-and-FMA pairs per ns, against 3.5 FMAs per ns for torch's dense GEMM (57 G multiply-adds/s
-on one core), whose operands stay in registers. Blocking the rows or the columns for L1 was
-slower at 1-5 % density (each row then has too few nonzeros per block), as were software
-prefetches.
+per 16 samples, as did one 64-bit word per nonzero for its index and value (4 %). Each
+multiply-add needs its own 64-byte activation load (no two rows of an unstructured sparse
+matrix share many columns: grouping 2 rows would save 3-7 % of the loads here), and this core
+does 2.4 such loads per ns: 16-lane FMAs on registers run at 5.2 per ns, with an L1 operand
+at 2.4 (8 accumulators either way), so the kernel runs at 85-90 % of what its loads allow.
+Blocking the rows or the columns for L1 was slower at 1-5 % density (each row then has too
+few nonzeros per block), as were software prefetches.
 
 A single sample goes by input columns instead (``csc_matvec``, ``chain_matvec``), skipping
 the columns of zero inputs: after a ReLU, and for background pixels, most inputs are zero.
