@@ -30,7 +30,9 @@ import torch
 
 from prunelab.data import load_dataset
 from prunelab.models import build_model
-from prunelab.study.runfolder import load_run
+from prunelab.study.driver import GridSettings, RunJob, run_grid
+from prunelab.study.executors import LocalExecutor
+from prunelab.study.runfolder import load_results, load_run
 from prunelab.study.sweep import SweepConfig, resolve_device, run_sweep
 from prunelab.train import train
 
@@ -85,6 +87,40 @@ def sweep_on(run_dir: Path, device: torch.device, data_dir: str | None,
     return rows, errors
 
 
+def grid_sweep(run_dirs: list[Path], device: torch.device, data_dir: str | None,
+               methods: str | None, ks: str | None, workers: int) -> tuple[list, list]:
+    """The same rows as ``sweep_on``, computed as a grid of jobs (one per method and model) by
+    ``workers`` spawned worker processes sharing the device, as ``prunelab sweep --workers``
+    runs them; (rows, errors)."""
+    rows, errors, jobs = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_dir in run_dirs:
+            run = load_run(run_dir)
+            plan_methods, plan_ks = PLAN.get(run.config.family, PLAN["lenet5"])
+            scratch = Path(tmp) / run_dir.name
+            shutil.copytree(run_dir, scratch, ignore=shutil.ignore_patterns("results.*",
+                                                                            "bench*"))
+            jobs.append(RunJob(scratch, run.config, SweepConfig(
+                methods=tuple((methods or plan_methods).split(",")),
+                sparsities=tuple(int(k) / 100 for k in (ks or plan_ks).split(","))),
+                label=run_dir.name))
+        start = time.perf_counter()
+        try:
+            run_grid(jobs, LocalExecutor(workers), GridSettings(
+                data_dir=Path(data_dir) if data_dir else None, device=str(device)))
+        except Exception as e:  # noqa: BLE001 - reported with the rest
+            errors.append(f"grid of {len(jobs)} models: {_error(e)}")
+            print(errors[-1], flush=True)
+        for job in jobs:
+            if (job.run_dir / "results.json").exists():
+                rows += [{"model": job.label, "method": r["method"], "k": r["sparsity_pct"],
+                          "accuracy": 100 * r["accuracy"], "seconds": r["seconds"]}
+                         for r in load_results(job.run_dir).rows]
+    print(f"grid: {len(rows)} rows on {device} by {workers} workers in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    return rows, errors
+
+
 def train_on(run_dir: Path, device: torch.device, data_dir: str | None, steps: int) -> str:
     run = load_run(run_dir)
     data = load_dataset(run.config.dataset, data_dir)
@@ -109,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy")
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("--methods", default=None, help="instead of the family's plan")
+    parser.add_argument("--grid-workers", type=int, default=0,
+                        help="sweep as a grid of jobs on this many spawned workers instead")
     parser.add_argument("--sparsities", default=None, help="percent, instead of the plan's")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
@@ -116,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         print(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     rows, errors = [], []
+    if args.grid_workers:
+        rows, errors = grid_sweep(args.runs, device, args.data_dir, args.methods,
+                                  args.sparsities, args.grid_workers)
     for run_dir in args.runs:
-        got, failed = sweep_on(run_dir, device, args.data_dir, args.methods, args.sparsities)
-        rows, errors = rows + got, errors + failed
+        if not args.grid_workers:
+            got, failed = sweep_on(run_dir, device, args.data_dir, args.methods, args.sparsities)
+            rows, errors = rows + got, errors + failed
         if args.train_steps:
             try:
                 print(train_on(run_dir, device, args.data_dir, args.train_steps), flush=True)

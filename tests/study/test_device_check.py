@@ -32,6 +32,9 @@ def test_same_device_agrees_and_a_shifted_reference_fails(tmp_path, tiny_data_di
     common[common.index("--methods") + 1] = "weight,refit-kron"
     assert main([*common, "--out", str(second), "--reference", str(first)]) == 0
     assert "largest difference 0.00 points over 2 rows" in capsys.readouterr().out
+    assert main([*common, "--out", str(second), "--reference", str(first),
+                 "--grid-workers", "2"]) == 0  # as jobs in two spawned workers: the same rows
+    assert "largest difference 0.00 points over 2 rows" in capsys.readouterr().out
     rows["rows"][1]["accuracy"] += 1.0  # as a device bug would move it
     first.write_text(json.dumps(rows))
     assert main([*common, "--out", str(second), "--reference", str(first)]) == 1
