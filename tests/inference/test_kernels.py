@@ -128,7 +128,7 @@ def test_whole_network_work_is_split_both_ways(monkeypatch):
         monkeypatch.setattr(kernels, name, lambda *a, k=kernel, n=name: (called.append(n), k(*a)))
     rng = np.random.default_rng(7)
     index = np.arange(319, 19, -1)  # the input gather, split over the threads too
-    weights, _, packed = _network(rng, (300, 400, 10), density=0.9, bias=False, index=index)
+    weights, _, packed = _network(rng, (300, 600, 10), density=0.9, bias=False, index=index)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
@@ -164,7 +164,7 @@ def test_every_tile_width_matches_the_dense_network(samples, by_feature):
 
 
 @pytest.mark.parametrize(("batch", "threads", "samples"), [
-    (1, 1, 16), (16, 1, 16), (17, 1, 32), (33, 1, CHAIN_TILE), (1000, 1, CHAIN_TILE),
+    (1, 1, 16), (16, 1, 16), (17, 1, 32), (49, 1, CHAIN_TILE), (1000, 1, CHAIN_TILE),
     (10, 2, 16), (32, 2, 16), (64, 2, 32), (100, 2, CHAIN_TILE), (1024, 2, CHAIN_TILE),
 ])
 def test_tile_width_follows_the_batch_and_threads(batch, threads, samples):

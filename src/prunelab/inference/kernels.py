@@ -70,14 +70,13 @@ code (``_row_vectors``)."""
 SERIAL_WORK = 200_000
 """Below this many multiply-adds a call stays on one thread: waking others costs more."""
 
-ROWS_SPLIT_NNZ = 50_000
+ROWS_SPLIT_NNZ = 150_000
 """A batch of one tile (at most 16 samples on two threads, see ``tile_samples``) is split over
 the threads by rows only from this many nonzeros: each thread then reads the activations the
-other wrote, from the other core's cache, at every layer. Measured with 64-sample tiles (random
-784-1000-1000-500-200-10 networks, batch 16 and 64, 2 threads against 1): slower at 24k
-nonzeros (0.16 against 0.10 ms), even at 48k, faster from 72k (0.22 against 0.25 ms) to 237k
-(0.43 against 0.69 ms); with 16-sample tiles (weight-pruned 95 % seed MLP, 121k nonzeros,
-batch 2-16) 0.12-0.13 ms either way."""
+other wrote, from the other core's cache, at every layer. Measured with 16-sample tiles
+(weight-pruned seed MLP, batch 4 / 8 / 16, 2 threads against 1, ms): 121k nonzeros
+0.113 / 0.098 / 0.091 against 0.100 / 0.100 / 0.095 (no gain), 240k 0.173 / 0.162 / 0.138
+against 0.190 / 0.188 / 0.182, 479k 0.21-0.22 against 0.34-0.35."""
 
 
 def csr_arrays(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,9 +297,9 @@ def _row_pointer(context, builder, aryty, ary, row):
 def _row_vectors(n: int):
     """Intrinsics on a stack accumulator of ``n`` x ``BLOCK`` floats, written as explicit
     vector operations: (fill with a value, add a scalar times a tile row, store to a tile row
-    with an optional ReLU). Written as plain loops, a 16- or 32-sample row is unrolled into
-    scalars and LLVM vectorises the loop over the *nonzeros* instead, with gathers (measured
-    5-7x slower); 64 samples are long enough to escape that."""
+    with an optional ReLU, add another accumulator). Written as plain loops, a 16- or
+    32-sample row is unrolled into scalars and LLVM vectorises the loop over the *nonzeros*
+    instead, with gathers (measured 5-7x slower); 64 samples are long enough to escape that."""
 
     @intrinsic
     def fill(typingctx, acc, value):
@@ -341,32 +340,60 @@ def _row_vectors(n: int):
 
         return types.void(acc, h, row, relu), codegen
 
-    return fill, axpy, store
+    @intrinsic
+    def merge(typingctx, acc, other):
+        def codegen(context, builder, signature, args):
+            for k in range(n):
+                a = builder.load(_vector_at(builder, args[0], k), align=4)
+                b = builder.load(_vector_at(builder, args[1], k), align=4)
+                builder.store(builder.fadd(a, b, flags=["fast"]), _vector_at(builder, args[0], k),
+                              align=4)
+            return context.get_dummy_value()
+
+        return types.void(acc, other), codegen
+
+    return fill, axpy, store, merge
 
 
-_fill16, _axpy16, _store16 = _row_vectors(1)
-_fill32, _axpy32, _store32 = _row_vectors(2)
+_fill16, _axpy16, _store16, _merge16 = _row_vectors(1)
+_fill32, _axpy32, _store32, _merge32 = _row_vectors(2)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _tile_rows16(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
-    # _tile_rows for tiles of 16 samples (one vector per row).
-    acc = _stack_floats(16)
+    # _tile_rows for tiles of 16 samples (one vector per row). Even and odd nonzeros go to
+    # two accumulators (one dependency chain each): 0.66-0.70 instead of 0.77-0.78 ns per
+    # nonzero (1000 x 1000, 1 and 5 % density, one thread); 4 % for 32 samples.
+    acc, odd = _stack_floats(16), _stack_floats(16)
     for r in range(r0, r1):
         _fill16(acc, bias[r])
-        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        _fill16(odd, np.float32(0.0))
+        p, end = np.uint64(indptr[r]), np.uint64(indptr[r + 1])
+        while p + np.uint64(1) < end:
             _axpy16(acc, data[p], hin, np.uint64(indices[p]))
+            _axpy16(odd, data[p + np.uint64(1)], hin, np.uint64(indices[p + np.uint64(1)]))
+            p += np.uint64(2)
+        if p < end:
+            _axpy16(acc, data[p], hin, np.uint64(indices[p]))
+        _merge16(acc, odd)
         _store16(acc, hout, np.uint64(r), relu)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _tile_rows32(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
-    # _tile_rows for tiles of 32 samples (two vectors per row).
-    acc = _stack_floats(32)
+    # _tile_rows16 for tiles of 32 samples (two vectors per row).
+    acc, odd = _stack_floats(32), _stack_floats(32)
     for r in range(r0, r1):
         _fill32(acc, bias[r])
-        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+        _fill32(odd, np.float32(0.0))
+        p, end = np.uint64(indptr[r]), np.uint64(indptr[r + 1])
+        while p + np.uint64(1) < end:
             _axpy32(acc, data[p], hin, np.uint64(indices[p]))
+            _axpy32(odd, data[p + np.uint64(1)], hin, np.uint64(indices[p + np.uint64(1)]))
+            p += np.uint64(2)
+        if p < end:
+            _axpy32(acc, data[p], hin, np.uint64(indices[p]))
+        _merge32(acc, odd)
         _store32(acc, hout, np.uint64(r), relu)
 
 
@@ -517,7 +544,7 @@ def _workspace(features: int, threads: int, samples: int = CHAIN_TILE) -> np.nda
     return work
 
 
-TILE_COST = {16: 0.79, 32: 0.56, CHAIN_TILE: 0.52}
+TILE_COST = {16: 0.68, 32: 0.55, CHAIN_TILE: 0.52}
 """ns per nonzero and 16 samples in a tile of 16, 32 or ``CHAIN_TILE`` samples (one thread, a
 1000 x 1000 layer at 1 and 5 % density; the wider tiles spend less on each nonzero's index and
 value)."""
