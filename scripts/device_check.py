@@ -136,6 +136,18 @@ def train_on(run_dir: Path, device: torch.device, data_dir: str | None, steps: i
             f"test accuracy {100 * stats[-1].test_accuracy:.2f} %")
 
 
+def _read_reference(path: Path) -> dict:
+    """This script's JSON output from another device."""
+    try:
+        reference = json.loads(path.read_text())
+        rows = reference["rows"]
+        for r in rows:
+            r["model"], r["method"], float(r["k"]), float(r["accuracy"])  # noqa: B018
+        return {"device": str(reference["device"]), "rows": rows}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not this script's output ({type(e).__name__}: {e})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -150,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsities", default=None, help="percent, instead of the plan's")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    try:  # every input checked before any work: one line, not a traceback
+        device = resolve_device(args.device)
+        for run_dir in args.runs:
+            load_run(run_dir)
+        reference = None if args.reference is None else _read_reference(args.reference)
+    except (OSError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 2
     if device.type == "cuda":
         print(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     rows, errors = [], []
@@ -171,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                    indent=1))
     for line in errors:
         print("FAILED", line)
-    if args.reference is None:
+    if reference is None:
         return 1 if errors else 0
-    reference = json.loads(args.reference.read_text())
     ref = {(r["model"], r["method"], r["k"]): r for r in reference["rows"]}
     worst, missing = 0.0, 0
     for r in rows:

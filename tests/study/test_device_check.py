@@ -35,7 +35,25 @@ def test_same_device_agrees_and_a_shifted_reference_fails(tmp_path, tiny_data_di
     assert main([*common, "--out", str(second), "--reference", str(first),
                  "--grid-workers", "2"]) == 0  # as jobs in two spawned workers: the same rows
     assert "largest difference 0.00 points over 2 rows" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"device": "cpu", "rows": [{"model": "m"}]}')
+    assert main([*common, "--out", str(tmp_path / "c.json"), "--reference", str(bad)]) == 2
+    assert "bad.json is not this script's output" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
     rows["rows"][1]["accuracy"] += 1.0  # as a device bug would move it
     first.write_text(json.dumps(rows))
     assert main([*common, "--out", str(second), "--reference", str(first)]) == 1
     assert "largest difference 1.00 points" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys):
+    main = runpy.run_path(str(SCRIPT), run_name="device_check")["main"]
+    out = tmp_path / "out.json"
+    assert main([str(tmp_path / "nothing"), "--device", "cpu", "--out", str(out)]) == 2
+    (tmp_path / "run").mkdir()
+    assert main([str(tmp_path / "run"), "--device", "cpu", "--out", str(out)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+    assert main([str(tmp_path / "run"), "--device", "no-such", "--out", str(out)]) == 2
+    assert "no-such" in capsys.readouterr().err
+    assert not out.exists()  # nothing written
