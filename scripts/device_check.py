@@ -7,7 +7,8 @@ seconds). With ``--reference`` (the same script's JSON from another device) it p
 accuracy difference per row and fails when one differs by more than ``--tolerance`` points:
 float32 sums in another order move a one-shot refit by a few hundredths, a device bug
 (a tensor left on the CPU, a dtype) by far more or into an error. It also trains each family
-for ``--train-steps`` steps on the device, checking that training runs there.
+for two epochs of ``--train-steps`` steps on the device and resumes the second from the state
+saved after the first, checking that training, and resuming it, runs there.
 
     python scripts/device_check.py runs/zoo/lenet5 runs/zoo/resnet --device cpu --out cpu.json
     python scripts/device_check.py runs/zoo/lenet5 runs/zoo/resnet --device cuda --out gpu.json \\
@@ -122,18 +123,33 @@ def grid_sweep(run_dirs: list[Path], device: torch.device, data_dir: str | None,
 
 
 def train_on(run_dir: Path, device: torch.device, data_dir: str | None, steps: int) -> str:
+    """Two short epochs of the family's recipe on ``device``, then the second again, resumed
+    from the state saved after the first (as a crashed training resumes): the resumed weights
+    must equal the uninterrupted ones (exactly on a CPU; within float noise where the device's
+    kernels are not deterministic)."""
     run = load_run(run_dir)
     data = load_dataset(run.config.dataset, data_dir)
-    model = build_model(run.config.family, run.config.model,
-                        torch.Generator().manual_seed(run.config.train.seed))
     batch = run.config.train.batch_size
     n = min(len(data.train_x), steps * batch)
     small = type(data)(data.name, data.train_x[:n], data.train_y[:n], data.test_x, data.test_y)
+    config = replace(run.config.train, epochs=2)
+
+    def fresh() -> torch.nn.Module:
+        return build_model(run.config.family, run.config.model,
+                           torch.Generator().manual_seed(run.config.train.seed)).to(device)
+
+    states = []
     start = time.perf_counter()
-    stats = train(model.to(device), small, replace(run.config.train, epochs=1), device)
+    straight = fresh()
+    stats = train(straight, small, config, device, on_epoch=states.append)
     seconds = time.perf_counter() - start
-    return (f"{run_dir.name}: {n // batch} training steps on {device} in {seconds:.1f} s, "
-            f"test accuracy {100 * stats[-1].test_accuracy:.2f} %")
+    resumed = fresh()
+    train(resumed, small, config, device, resume=states[0])
+    moved = max(float((a - b).abs().max()) for a, b in
+                zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True))
+    return (f"{run_dir.name}: 2 x {n // batch} training steps on {device} in {seconds:.1f} s, "
+            f"test accuracy {100 * stats[-1].test_accuracy:.2f} %; resumed after epoch 1: "
+            f"largest weight difference {moved:.1e}")
 
 
 def _read_reference(path: Path) -> dict:
