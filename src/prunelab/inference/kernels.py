@@ -66,7 +66,7 @@ CHAIN_TILE = 64
 registers (``_wide_vectors``; eight 8-lane ones without it); 128 was within 10 % of 64 at batch
 1024, half as fast at batch 64 (padding), and doubles the cache each thread needs. Tiles of 16
 and 32 samples (small batches, a batch of 64 on two threads) are written as explicit vector
-code (``_row_vectors``)."""
+code (``_tile_rows_narrow``)."""
 
 SERIAL_WORK = 200_000
 """Below this many multiply-adds a call stays on one thread: waking others costs more."""
@@ -208,6 +208,19 @@ def _stack_floats(typingctx, n):  # pragma: no cover - compiled
     return types.CPointer(types.float32)(n), codegen
 
 
+@intrinsic
+def _stack_vectors(typingctx, n):  # pragma: no cover - compiled
+    """``_stack_floats`` of a literal ``n`` x ``BLOCK`` floats."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        buf = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), n.literal_value * BLOCK))
+        return builder.bitcast(buf, ir.FloatType().as_pointer())
+
+    return types.CPointer(types.float32)(n), codegen
+
+
 BLOCK = 16
 """Side of the square blocks ``_load_tile`` transposes in registers (one AVX-512 vector)."""
 
@@ -295,107 +308,102 @@ def _row_pointer(context, builder, aryty, ary, row):
                                     [row, ir.Constant(ir.IntType(64), 0)], wraparound=False)
 
 
-def _row_vectors(n: int):
-    """Intrinsics on a stack accumulator of ``n`` x ``BLOCK`` floats, written as explicit
-    vector operations: (fill with a value, add a scalar times a tile row, store to a tile row
-    with an optional ReLU, add another accumulator). Written as plain loops, a 16- or
-    32-sample row is unrolled into scalars and LLVM vectorises the loop over the *nonzeros*
-    instead, with gathers (measured 5-7x slower); 64 samples are long enough to escape that."""
-
-    @intrinsic
-    def fill(typingctx, acc, value):
-        def codegen(context, builder, signature, args):
-            splat = _splat(builder, args[1])
-            for k in range(n):
-                builder.store(splat, _vector_at(builder, args[0], k), align=4)
-            return context.get_dummy_value()
-
-        return types.void(acc, value), codegen
-
-    @intrinsic
-    def axpy(typingctx, acc, w, h, row):
-        def codegen(context, builder, signature, args):
-            src = _row_pointer(context, builder, signature.args[2], args[2], args[3])
-            splat = _splat(builder, args[1])
-            for k in range(n):  # tile rows start on cache lines (_aligned)
-                x = builder.load(_vector_at(builder, src, k), align=64)
-                a = builder.load(_vector_at(builder, args[0], k), align=4)
-                builder.store(builder.fadd(a, builder.fmul(splat, x, flags=["fast"]),
-                                           flags=["fast"]), _vector_at(builder, args[0], k),
-                              align=4)
-            return context.get_dummy_value()
-
-        return types.void(acc, w, h, row), codegen
-
-    @intrinsic
-    def store(typingctx, acc, h, row, relu):
-        def codegen(context, builder, signature, args):
-            dst = _row_pointer(context, builder, signature.args[1], args[1], args[2])
-            zero = ir.Constant(ir.VectorType(ir.FloatType(), BLOCK), [0.0] * BLOCK)
-            for k in range(n):
-                a = builder.load(_vector_at(builder, args[0], k), align=4)
-                cut = builder.select(builder.fcmp_ordered("<", a, zero), zero, a)
-                builder.store(builder.select(args[3], cut, a), _vector_at(builder, dst, k),
-                              align=64)
-            return context.get_dummy_value()
-
-        return types.void(acc, h, row, relu), codegen
-
-    @intrinsic
-    def merge(typingctx, acc, other):
-        def codegen(context, builder, signature, args):
-            for k in range(n):
-                a = builder.load(_vector_at(builder, args[0], k), align=4)
-                b = builder.load(_vector_at(builder, args[1], k), align=4)
-                builder.store(builder.fadd(a, b, flags=["fast"]), _vector_at(builder, args[0], k),
-                              align=4)
-            return context.get_dummy_value()
-
-        return types.void(acc, other), codegen
-
-    return fill, axpy, store, merge
+# Intrinsics on a stack accumulator of ``n`` x ``BLOCK`` floats (``n`` a literal), written as
+# explicit vector operations: fill with a value, add a scalar times a tile row, store to a tile
+# row with an optional ReLU, add another accumulator. Written as plain loops, a 16- or 32-sample
+# row is unrolled into scalars and LLVM vectorises the loop over the *nonzeros* instead, with
+# gathers (measured 5-7x slower); 64 samples are long enough to escape that.
 
 
-_fill16, _axpy16, _store16, _merge16 = _row_vectors(1)
-_fill32, _axpy32, _store32, _merge32 = _row_vectors(2)
+@intrinsic
+def _vfill(typingctx, acc, value, n):  # pragma: no cover - compiled
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        splat = _splat(builder, args[1])
+        for k in range(n.literal_value):
+            builder.store(splat, _vector_at(builder, args[0], k), align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, value, n), codegen
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _tile_rows16(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
-    # _tile_rows for tiles of 16 samples (one vector per row). Even and odd nonzeros go to
-    # two accumulators (one dependency chain each): 0.66-0.70 instead of 0.77-0.78 ns per
-    # nonzero (1000 x 1000, 1 and 5 % density, one thread); 4 % for 32 samples.
-    acc, odd = _stack_floats(16), _stack_floats(16)
-    for r in range(r0, r1):
-        _fill16(acc, bias[r])
-        _fill16(odd, np.float32(0.0))
-        p, end = np.uint64(indptr[r]), np.uint64(indptr[r + 1])
-        while p + np.uint64(1) < end:
-            _axpy16(acc, data[p], hin, np.uint64(indices[p]))
-            _axpy16(odd, data[p + np.uint64(1)], hin, np.uint64(indices[p + np.uint64(1)]))
-            p += np.uint64(2)
-        if p < end:
-            _axpy16(acc, data[p], hin, np.uint64(indices[p]))
-        _merge16(acc, odd)
-        _store16(acc, hout, np.uint64(r), relu)
+@intrinsic
+def _vaxpy(typingctx, acc, w, h, row, n):  # pragma: no cover - compiled
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src = _row_pointer(context, builder, signature.args[2], args[2], args[3])
+        splat = _splat(builder, args[1])
+        for k in range(n.literal_value):  # tile rows start on cache lines (_aligned)
+            x = builder.load(_vector_at(builder, src, k), align=64)
+            a = builder.load(_vector_at(builder, args[0], k), align=4)
+            builder.store(builder.fadd(a, builder.fmul(splat, x, flags=["fast"]),
+                                       flags=["fast"]), _vector_at(builder, args[0], k),
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, w, h, row, n), codegen
+
+
+@intrinsic
+def _vstore(typingctx, acc, h, row, relu, n):  # pragma: no cover - compiled
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst = _row_pointer(context, builder, signature.args[1], args[1], args[2])
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), BLOCK), [0.0] * BLOCK)
+        for k in range(n.literal_value):
+            a = builder.load(_vector_at(builder, args[0], k), align=4)
+            cut = builder.select(builder.fcmp_ordered("<", a, zero), zero, a)
+            builder.store(builder.select(args[3], cut, a), _vector_at(builder, dst, k),
+                          align=64)
+        return context.get_dummy_value()
+
+    return types.void(acc, h, row, relu, n), codegen
+
+
+@intrinsic
+def _vmerge(typingctx, acc, other, n):  # pragma: no cover - compiled
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        for k in range(n.literal_value):
+            a = builder.load(_vector_at(builder, args[0], k), align=4)
+            b = builder.load(_vector_at(builder, args[1], k), align=4)
+            builder.store(builder.fadd(a, b, flags=["fast"]), _vector_at(builder, args[0], k),
+                          align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, other, n), codegen
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _tile_rows32(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pragma: no cover
-    # _tile_rows16 for tiles of 32 samples (two vectors per row).
-    acc, odd = _stack_floats(32), _stack_floats(32)
+def _tile_rows_narrow(indptr, indices, data, bias, hin, hout, relu, r0, r1,
+                      vectors):  # pragma: no cover - compiled
+    # _tile_rows for tiles of 16 or 32 samples (``vectors``, a literal 1 or 2, per row). Even
+    # and odd nonzeros go to two accumulators (one dependency chain each): 0.66-0.70 instead
+    # of 0.77-0.78 ns per nonzero with 16 samples (1000 x 1000, 1 and 5 % density, one
+    # thread); 4 % for 32.
+    numba.literally(vectors)
+    acc, odd = _stack_vectors(vectors), _stack_vectors(vectors)
     for r in range(r0, r1):
-        _fill32(acc, bias[r])
-        _fill32(odd, np.float32(0.0))
+        _vfill(acc, bias[r], vectors)
+        _vfill(odd, np.float32(0.0), vectors)
         p, end = np.uint64(indptr[r]), np.uint64(indptr[r + 1])
         while p + np.uint64(1) < end:
-            _axpy32(acc, data[p], hin, np.uint64(indices[p]))
-            _axpy32(odd, data[p + np.uint64(1)], hin, np.uint64(indices[p + np.uint64(1)]))
+            _vaxpy(acc, data[p], hin, np.uint64(indices[p]), vectors)
+            _vaxpy(odd, data[p + np.uint64(1)], hin, np.uint64(indices[p + np.uint64(1)]),
+                   vectors)
             p += np.uint64(2)
         if p < end:
-            _axpy32(acc, data[p], hin, np.uint64(indices[p]))
-        _merge32(acc, odd)
-        _store32(acc, hout, np.uint64(r), relu)
+            _vaxpy(acc, data[p], hin, np.uint64(indices[p]), vectors)
+        _vmerge(acc, odd, vectors)
+        _vstore(acc, hout, np.uint64(r), relu, vectors)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -403,9 +411,9 @@ def _rows_of_width(indptr, indices, data, bias, hin, hout, relu, r0, r1):  # pra
     # The row kernel for the tile's width (16, 32 or CHAIN_TILE samples).
     width = hin.shape[1]
     if width == 16:
-        _tile_rows16(indptr, indices, data, bias, hin, hout, relu, r0, r1)
+        _tile_rows_narrow(indptr, indices, data, bias, hin, hout, relu, r0, r1, 1)
     elif width == 32:
-        _tile_rows32(indptr, indices, data, bias, hin, hout, relu, r0, r1)
+        _tile_rows_narrow(indptr, indices, data, bias, hin, hout, relu, r0, r1, 2)
     else:
         _tile_rows(indptr, indices, data, bias, hin, hout, relu, r0, r1)
 
