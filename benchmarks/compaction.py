@@ -52,6 +52,17 @@ def _onnx(net: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):
     return onnxruntime_session(export_onnx(net, folder / f"{name}.onnx", example_inputs=example))
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"stage widths must be positive integers like "
+                                         f"32,64,128, got {text!r}")
+    return widths
+
+
 def _subjects(args: argparse.Namespace):
     """(label, dense model, test images, k -> masked model) per run folder and per
     ``--resnet-widths``."""
@@ -77,8 +88,7 @@ def main() -> int:
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--sparsities", default="25,50,70")
     parser.add_argument("--method", default="unit-act-refit")
-    parser.add_argument("--resnet-widths", action="append", default=[],
-                        type=lambda s: tuple(int(w) for w in s.split(",")),
+    parser.add_argument("--resnet-widths", action="append", default=[], type=_widths,
                         help="also an untrained ResNet of these stage widths, e.g. 32,64,128 "
                              "(speed does not depend on training), pruned by unit (L2 norm)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -86,6 +96,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
+    if not args.runs and not args.resnet_widths:
+        parser.error("give run folders, --resnet-widths, or both")
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"{args.threads} threads; batch {args.batch_size}")

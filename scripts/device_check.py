@@ -33,7 +33,7 @@ from prunelab.data import load_dataset
 from prunelab.models import build_model
 from prunelab.study.driver import GridSettings, RunJob, run_grid
 from prunelab.study.executors import LocalExecutor
-from prunelab.study.runfolder import load_results, load_run
+from prunelab.study.runfolder import RunConfig, load_results, load_run
 from prunelab.study.sweep import SweepConfig, resolve_device, run_sweep
 from prunelab.train import train
 
@@ -58,31 +58,39 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
 
 
+def _planned(run_dir: Path, scratch_root: Path, methods: str | None,
+             ks: str | None) -> tuple[Path, RunConfig, tuple[str, ...], tuple[float, ...]]:
+    """A scratch copy of ``run_dir`` (its model, no results), its configuration, and the
+    family's plan (or ``methods`` at ``ks`` percent): (scratch, config, methods, sparsities)."""
+    run = load_run(run_dir)
+    plan_methods, plan_ks = PLAN.get(run.config.family, PLAN["lenet5"])
+    scratch = scratch_root / run_dir.name
+    shutil.copytree(run_dir, scratch, ignore=shutil.ignore_patterns("results.*", "bench*"))
+    return (scratch, run.config, tuple((methods or plan_methods).split(",")),
+            tuple(int(k) / 100 for k in (ks or plan_ks).split(",")))
+
+
+def _rows(label: str, rows: list[dict]) -> list[dict]:
+    return [{"model": label, "method": r["method"], "k": r["sparsity_pct"],
+             "accuracy": 100 * r["accuracy"], "seconds": r["seconds"]} for r in rows]
+
+
 def sweep_on(run_dir: Path, device: torch.device, data_dir: str | None,
              methods: str | None = None, ks: str | None = None) -> tuple[list, list]:
     """Rows of every method of the family's plan (or ``methods`` at ``ks``), one sweep per
     method (a method that fails is reported and the others still run); (rows, errors)."""
-    run = load_run(run_dir)
-    plan_methods, plan_ks = PLAN.get(run.config.family, PLAN["lenet5"])
-    methods, ks = methods or plan_methods, ks or plan_ks
-    sparsities = tuple(int(k) / 100 for k in ks.split(","))
     rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp) / run_dir.name
-        shutil.copytree(run_dir, scratch, ignore=shutil.ignore_patterns("results.*", "bench*"))
+        scratch, _, names, sparsities = _planned(run_dir, Path(tmp), methods, ks)
         start = time.perf_counter()
-        for method in methods.split(","):
+        for method in names:
             try:
-                results = run_sweep(scratch, SweepConfig(methods=(method,),
-                                                         sparsities=sparsities),
-                                    data_dir, device)
+                results = run_sweep(scratch, SweepConfig((method,), sparsities), data_dir, device)
             except Exception as e:  # noqa: BLE001 - reported, the other methods still run
                 errors.append(f"{run_dir.name} {method}: {_error(e)}")
                 print(errors[-1], flush=True)
                 continue
-            rows += [{"model": run_dir.name, "method": r["method"], "k": r["sparsity_pct"],
-                      "accuracy": 100 * r["accuracy"], "seconds": r["seconds"]}
-                     for r in results.rows if r["method"] == method]
+            rows += _rows(run_dir.name, [r for r in results.rows if r["method"] == method])
         seconds = time.perf_counter() - start
     print(f"{run_dir.name}: {len(rows)} rows on {device} in {seconds:.1f} s", flush=True)
     return rows, errors
@@ -93,30 +101,23 @@ def grid_sweep(run_dirs: list[Path], device: torch.device, data_dir: str | None,
     """The same rows as ``sweep_on``, computed as a grid of jobs (one per method and model) by
     ``workers`` spawned worker processes sharing the device, as ``prunelab sweep --workers``
     runs them; (rows, errors)."""
-    rows, errors, jobs = [], [], []
+    rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for run_dir in run_dirs:
-            run = load_run(run_dir)
-            plan_methods, plan_ks = PLAN.get(run.config.family, PLAN["lenet5"])
-            scratch = Path(tmp) / run_dir.name
-            shutil.copytree(run_dir, scratch, ignore=shutil.ignore_patterns("results.*",
-                                                                            "bench*"))
-            jobs.append(RunJob(scratch, run.config, SweepConfig(
-                methods=tuple((methods or plan_methods).split(",")),
-                sparsities=tuple(int(k) / 100 for k in (ks or plan_ks).split(","))),
-                label=run_dir.name))
+        jobs = []
         start = time.perf_counter()
         try:
+            for run_dir in run_dirs:
+                scratch, config, names, sparsities = _planned(run_dir, Path(tmp), methods, ks)
+                jobs.append(RunJob(scratch, config, SweepConfig(names, sparsities),
+                                   label=run_dir.name))
             run_grid(jobs, LocalExecutor(workers), GridSettings(
                 data_dir=Path(data_dir) if data_dir else None, device=str(device)))
         except Exception as e:  # noqa: BLE001 - reported with the rest
-            errors.append(f"grid of {len(jobs)} models: {_error(e)}")
+            errors.append(f"grid: {_error(e)}")
             print(errors[-1], flush=True)
         for job in jobs:
             if (job.run_dir / "results.json").exists():
-                rows += [{"model": job.label, "method": r["method"], "k": r["sparsity_pct"],
-                          "accuracy": 100 * r["accuracy"], "seconds": r["seconds"]}
-                         for r in load_results(job.run_dir).rows]
+                rows += _rows(job.label, load_results(job.run_dir).rows)
     print(f"grid: {len(rows)} rows on {device} by {workers} workers in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     return rows, errors
