@@ -13,9 +13,14 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
 ) -> tuple[float, float]:
-    """(accuracy in [0, 1], mean softmax cross-entropy) of ``model`` on ``(x, y)``."""
+    """(accuracy in [0, 1], mean softmax cross-entropy) of ``model`` on ``(x, y)``.
+
+    Batches of 256 keep a conv net's activations in cache: the 10,000 Fashion-MNIST test images
+    took 1.40 s through the default ``resnet`` against 5.48 s in batches of 2048 (2 threads;
+    ``lenet5`` 0.41 against 0.77 s, ``vit`` 0.54 against 0.93, the seed MLP 0.27 against 0.25),
+    and every sweep row evaluates once."""
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as samples (>0), got {len(x)} and {len(y)}")
     was_training = model.training

@@ -5,9 +5,12 @@ new ones was tuned by a sweep here; one epoch is 469 steps of batch 128 on the 6
 
 - ``mlp``: ``TrainConfig()``, the original challenge's recipe (Adam 1e-3, batch 128, 30 epochs,
   constant lr), unchanged.
-- ``lenet5``: Adam 1e-3, batch 128, 10 epochs, constant lr: the MLP's optimiser settings, which
-  suit a 62k-parameter net without normalisation; LeNet-5 on Fashion-MNIST levels off around 90 %
-  by 8-10 epochs, and an epoch is cheap.
+- ``lenet5``: AdamW, weight decay 0.2, one-cycle to a peak lr of 2e-3, batch 128, 10 epochs.
+  Chosen by measurement (Fashion-MNIST, seed 0; dense test accuracy, then ``refit-kron`` at 90 %
+  of weights): the MLP's settings (Adam 1e-3, constant) gave 89.22 / 88.18 %, and 90.11 / 87.84 %
+  on seed 1; this recipe 89.98 / 89.22 % and 90.01 / 89.23 % -- a better net that also loses less
+  to pruning (decay keeps the weights a pruned layer's refit must replace small). Decay 0.1 kept
+  89.93 / 88.83, 0.3 89.59 / 89.01, 0.5 89.19 / 88.68 (``docs/any-model.md``).
 - ``resnet``: Adam with one-cycle to a peak lr of 3e-3, batch 128, 8 epochs. BatchNorm tolerates
   the higher peak; a previous measurement of this exact 16/32/64 net reached 92.35 % on
   Fashion-MNIST after 6 epochs of Adam with one-cycle; 8 epochs leave a margin for the annealing
@@ -59,7 +62,9 @@ class ModelFamily:
 
 MODELS: dict[str, ModelFamily] = {
     "mlp": ModelFamily(MLPConfig, build_mlp, TrainConfig()),
-    "lenet5": ModelFamily(LeNet5Config, build_lenet5, TrainConfig(epochs=10, lr=1e-3)),
+    "lenet5": ModelFamily(LeNet5Config, build_lenet5,
+                          TrainConfig(epochs=10, lr=2e-3, optimizer="adamw", weight_decay=0.2,
+                                      schedule="onecycle")),
     "resnet": ModelFamily(ResNetConfig, build_resnet,
                           TrainConfig(epochs=8, lr=3e-3, schedule="onecycle")),
     "vit": ModelFamily(ViTConfig, build_vit,
