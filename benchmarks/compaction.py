@@ -12,10 +12,16 @@ and their share of the MAC ratio (issue 12's goal: >= 0.8 at 50 %), and the comp
     python benchmarks/compaction.py /work/runs/zoo/resnet /work/runs/zoo/vit
     python benchmarks/compaction.py --resnet-widths 16,32,64 --resnet-widths 32,64,128
 
+    python benchmarks/compaction.py --resnet-widths 16,32,64 --sparsities 50 --ort-profile
+
 The second compares the default ResNet's widths with doubled ones: AVX-512 convolution kernels
 (oneDNN in torch, ONNX Runtime's blocked layout) work on blocks of 16 channels, so the default's
 16 -> 8-channel convs cost as much as 16 -> 16 ones, while halving 32/64/128 leaves multiples
 of 16.
+
+The third also prints where ONNX Runtime spends its time, node by node, in the dense and the
+compacted model (its own profiler, summed over ``--repeats`` calls): which layers gain less than
+their share of the removed multiply-adds, and the layout reorders the compacted graph adds.
 
 Run it on an idle machine (the load average is printed).
 """
@@ -23,6 +29,8 @@ Run it on an idle machine (the load average is printed).
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
 import sys
 import tempfile
@@ -50,6 +58,45 @@ GOAL_SECONDS = 5.0  # compaction of the default ResNet
 
 def _onnx(net: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):
     return onnxruntime_session(export_onnx(net, folder / f"{name}.onnx", example_inputs=example))
+
+
+def _node_times(session, x: torch.Tensor, calls: int) -> dict[str, tuple[str, float]]:
+    """{node name: (operator, ms per call)} from ONNX Runtime's profile of ``calls`` runs of
+    ``session`` (made with a ``profile_prefix``)."""
+    for _ in range(calls):
+        run_onnx(session, x)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    total: dict[str, float] = collections.defaultdict(float)
+    ops = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"].removesuffix("_kernel_time")
+            op = event["args"].get("op_name", "?")
+            if not name.startswith("/"):  # not named after a module: a layout reorder or
+                name = f"{op} (added by ONNX Runtime)"  # reshape of ONNX Runtime's own
+            total[name] += event["dur"] / 1e3 / calls  # microseconds -> ms per call
+            ops[name] = op
+    return {name: (ops[name], ms) for name, ms in total.items()}
+
+
+def _profile_table(dense: dict[str, tuple[str, float]],
+                   small: dict[str, tuple[str, float]]) -> str:
+    """Nodes of both profiles side by side (matched by name: export names nodes after their
+    modules), the costliest dense node first; nodes only one graph has get a blank."""
+    names = sorted(set(dense) | set(small),
+                   key=lambda n: -max(dense.get(n, ("", 0.0))[1], small.get(n, ("", 0.0))[1]))
+    rows = []
+    for name in names:
+        op = (dense.get(name) or small[name])[0]
+        d, c = dense.get(name, ("", None))[1], small.get(name, ("", None))[1]
+        rows.append([name[:60], op, "" if d is None else f"{d:.3f}",
+                     "" if c is None else f"{c:.3f}",
+                     f"{d / c:.2f}x" if d is not None and c else ""])
+    rows.append(["all nodes", "", f"{sum(v for _, v in dense.values()):.3f}",
+                 f"{sum(v for _, v in small.values()):.3f}", ""])
+    return tabulate(rows, ["ONNX Runtime node", "op", "dense ms", "compacted ms", "speed-up"],
+                    tablefmt="github")
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -95,13 +142,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--ort-profile", action="store_true",
+                        help="also print ONNX Runtime's time per node, dense and compacted")
     args = parser.parse_args()
     if not args.runs and not args.resnet_widths:
         parser.error("give run folders, --resnet-widths, or both")
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"{args.threads} threads; batch {args.batch_size}")
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n, (label, dense, test_x, masked_at) in enumerate(_subjects(args)):
             x = test_x[: args.batch_size]
@@ -122,6 +171,13 @@ def main() -> int:
                     calls = [lambda m=m, x=x: m(x) for m in (dense, compacted)]
                     calls += [lambda s=s, x=x: run_onnx(s, x) for s in (dense_ort, small_ort)]
                     t = time_calls(calls, warmup=2, repeats=args.repeats, budget_s=30.0)
+                if args.ort_profile:
+                    profiled = [onnxruntime_session(path, profile_prefix=str(path.with_suffix("")))
+                                for path in (Path(tmp) / f"{n}-dense.onnx",
+                                             Path(tmp) / f"{n}-{k}.onnx")]
+                    times = [_node_times(s, x, args.repeats) for s in profiled]
+                    profiles.append(f"{label}, k = {100 * k:g} %, batch {args.batch_size}:\n"
+                                    + _profile_table(*times))
                 ratio = dense_macs / macs
                 rows.append([label, f"{100 * k:g}", f"{ratio:.2f}x",
                              f"{t[0] / t[1]:.2f}x ({t[0] / t[1] / ratio:.2f})",
@@ -136,6 +192,9 @@ def main() -> int:
                           "compact (s)", "max diff"], tablefmt="github"))
     print(f"goals: speed-up >= {GOAL_SHARE} x MAC ratio at 50 %; compaction of the default "
           f"resnet < {GOAL_SECONDS:g} s")
+    for profile in profiles:
+        print()
+        print(profile)
     return 0
 
 

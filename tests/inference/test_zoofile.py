@@ -83,3 +83,21 @@ def test_a_module_prunelab_cannot_rebuild_is_refused_with_the_way_out(tmp_path) 
     with pytest.raises(TypeError, match="cannot be rebuilt from a file.*export_onnx"):
         save_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "x.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_profiled_session_records_the_time_of_every_node_named_after_its_module(tmp_path):
+    _, net = _compacted("resnet")
+    export_onnx(net, tmp_path / "m.onnx")
+    session = onnxruntime_session(tmp_path / "m.onnx", threads=1,
+                                  profile_prefix=str(tmp_path / "prof"))
+    x = _inputs(4, 22)
+    with torch.no_grad():
+        assert max_difference(run_onnx(session, x), net(x)) <= TOLERANCE  # profiling changes
+    path = session.end_profiling()  # nothing it computes
+    assert path.startswith(str(tmp_path / "prof"))
+    with open(path) as f:
+        nodes = [e for e in json.load(f) if e.get("cat") == "Node"
+                 and e["name"].endswith("_kernel_time")]
+    ops = {e["args"]["op_name"] for e in nodes}
+    assert "Conv" in ops and all(e["dur"] >= 0 for e in nodes)
+    assert any(e["name"].startswith("/head/") for e in nodes)  # export names nodes by module

@@ -233,13 +233,19 @@ def check_onnxruntime() -> None:
         raise ImportError("running ONNX files needs ONNX Runtime: pip install 'prunelab[onnx]'")
 
 
-def onnxruntime_session(path: Path | str, threads: int | None = None):
+def onnxruntime_session(path: Path | str, threads: int | None = None,
+                        profile_prefix: str | None = None):
     """An ONNX Runtime CPU session on ``path``: ``threads`` intra-op threads (default torch's),
-    thread spinning off (spinning threads would steal the cores from whatever runs next)."""
+    thread spinning off (spinning threads would steal the cores from whatever runs next).
+    With ``profile_prefix``, ONNX Runtime records every node's time; ``session.end_profiling()``
+    writes them to a JSON file starting with that prefix and returns its name."""
     check_onnxruntime()
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
