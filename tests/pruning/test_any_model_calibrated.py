@@ -164,3 +164,31 @@ def test_refit_global_keeps_global_magnitudes_per_layer_split(wrap: bool) -> Non
             float((w == 0).float().mean()), abs=1e-9), name
     zeros = sum(int((weights[n] == 0).sum()) for n in reference)
     assert zeros == round(0.7 * sum(w.numel() for w in reference.values()))
+
+
+def test_energy_costs_are_computed_once_per_model_and_images(monkeypatch) -> None:
+    """refit-allocated's per-layer costs depend on the dense model and the images only: a sweep
+    computes them once; other images or weights compute them again, with the same result as
+    a fresh computation."""
+    from prunelab.pruning import allocation, calibrated
+
+    calls = []
+    real = allocation._layer_costs
+    monkeypatch.setattr(allocation, "_layer_costs",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(calibrated, "_SWEEP_CACHE", {})
+    net, x = ResidualNet().eval(), _calibration(30, 64)
+    first = prune(net, "refit-allocated", 0.5, context=PruneContext(calibration=x))
+    prune(net, "refit-allocated", 0.7, context=PruneContext(calibration=x))
+    assert len(calls) == 1
+    assert all(torch.equal(w, first[n]) for n, w in prune(
+        net, "refit-allocated", 0.5, context=PruneContext(calibration=x)).items())
+    other = prune(net, "refit-allocated", 0.5, context=PruneContext(calibration=x * 0.5))
+    assert len(calls) == 2
+    calibrated._SWEEP_CACHE.clear()
+    fresh = prune(net, "refit-allocated", 0.5, context=PruneContext(calibration=x * 0.5))
+    assert all(torch.equal(w, other[n]) for n, w in fresh.items())
+    with torch.no_grad():
+        net.block[0].weight.mul_(2)
+    prune(net, "refit-allocated", 0.5, context=PruneContext(calibration=x * 0.5))
+    assert len(calls) == 4

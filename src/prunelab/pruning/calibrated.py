@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ __all__ = [
     "refresh_batchnorm",
     "sequential",
     "spd_inverse",
+    "sweep_cached",
     "topk_mask",
 ]
 
@@ -132,6 +134,34 @@ def sequential(model: nn.Module, names: list[str], context: PruneContext,
     if is_relu_chain(model):
         return _sequential_chain(model, names, context, step)
     return _sequential_hooks(model, names, context, step)
+
+
+_T = TypeVar("_T")
+
+_SWEEP_CACHE: dict[str, tuple[tuple, object]] = {}
+"""Per kind of quantity, the last one computed and the key it was computed for."""
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    # the values, summarised (two moments in float64): any change of a weight or an image
+    # changes them, and they cost a few milliseconds
+    d = t.detach().double()
+    return tuple(t.shape), float(d.sum()), float((d * d).sum())
+
+
+def sweep_cached(kind: str, model: nn.Module, names: list[str], x: torch.Tensor,
+                 compute: Callable[[], _T]) -> _T:
+    """``compute()``, or what it returned last time for the same ``kind``, model weights,
+    layer ``names`` and calibration inputs ``x``: a sweep prunes the same model with the same
+    images at every k, and what depends only on those (the dense network's output Gram
+    matrices, its per-layer input energies) need not be recomputed at each k. One entry per
+    kind; callers must not change what they get."""
+    key = (tuple(_fingerprint(t) for t in model.state_dict().values()), tuple(names),
+           _fingerprint(x), len(x))
+    entry = _SWEEP_CACHE.get(kind)
+    if entry is None or entry[0] != key:
+        entry = _SWEEP_CACHE[kind] = (key, compute())
+    return entry[1]  # type: ignore[return-value]
 
 
 def model_inputs(model: nn.Module, context: PruneContext) -> torch.Tensor:

@@ -38,6 +38,7 @@ from prunelab.pruning.calibrated import (
     model_inputs,
     sequential,
     spd_inverse,
+    sweep_cached,
     topk_mask,
 )
 from prunelab.pruning.capture import CALIBRATION_BATCH
@@ -134,26 +135,11 @@ def output_grams(model: nn.Module, names: list[str], x: torch.Tensor,
             for n in names}
 
 
-_GOUT_CACHE: dict[tuple, Grams] = {}
-"""The last output Gram matrices computed, by what they depend on: a sweep prunes the same
-model with the same calibration images at every k (the ResNet's take 5 s to compute)."""
-
-
-def _fingerprint(t: torch.Tensor) -> tuple:
-    # the values, summarised (two moments in float64): any change of a weight or an image
-    # changes them, and they cost a few milliseconds
-    d = t.detach().double()
-    return tuple(t.shape), float(d.sum()), float((d * d).sum())
-
-
 def _cached_output_grams(model: nn.Module, dense: nn.Module, names: list[str],
                          x: torch.Tensor) -> Grams:
-    key = (tuple(_fingerprint(t) for t in model.state_dict().values()), tuple(names),
-           _fingerprint(x), len(x))
-    if key not in _GOUT_CACHE:
-        _GOUT_CACHE.clear()  # one entry: a sweep's model and calibration set
-        _GOUT_CACHE[key] = output_grams(dense, names, x)
-    return {n: g.clone() for n, g in _GOUT_CACHE[key].items()}
+    # computed once per sweep (the ResNet's take 5 s)
+    grams = sweep_cached("output-grams", model, names, x, lambda: output_grams(dense, names, x))
+    return {n: g.clone() for n, g in grams.items()}
 
 
 def _out_features(module: nn.Module) -> int:
