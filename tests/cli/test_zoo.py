@@ -83,7 +83,8 @@ def test_recipe_defaults_and_overrides(tiny_data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     train = json.loads((out / "config.json").read_text())["train"]
     assert train["epochs"] == 1 and train["lr"] == 0.002
-    assert train["batch_size"] == 128 and train["optimizer"] == "adam"
+    assert train["batch_size"] == 128 and train["optimizer"] == "adamw"  # the rest: the recipe's
+    assert train["weight_decay"] == 0.2 and train["schedule"] == "onecycle"
 
 
 def test_bn_recalibration_can_be_turned_off(tiny_data_dir, tmp_path):
