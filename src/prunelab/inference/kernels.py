@@ -17,7 +17,8 @@ nonzero and tile (one thread); the transposes and the per-row work are a tenth. 
 the core's, not the memory's: with the activations held in L1 (64-128 rows) a nonzero takes the
 same 2.1-2.3 ns, and 2.1 ns without its index and value loads; a second set of accumulators, 2
 rows at once, premultiplied row offsets and 128- or 256-sample tiles all measured 0.52-0.8 ns
-per 16 samples, as did one 64-bit word per nonzero for its index and value (4 %). Each
+per 16 samples, as did one 64-bit word per nonzero for its index and value (4 %), and loads
+addressed from one register instead of base + index (no micro-op un-lamination here). Each
 multiply-add needs its own 64-byte activation load (no two rows of an unstructured sparse
 matrix share many columns: grouping 2 rows would save 3-7 % of the loads here), and this core
 does 2.4 such loads per ns: 16-lane FMAs on registers run at 5.2 per ns, with an L1 operand
