@@ -62,15 +62,18 @@ def _onnx(net: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):
 
 def _node_times(session, x: torch.Tensor, calls: int) -> dict[str, tuple[str, float]]:
     """{node name: (operator, ms per call)} from ONNX Runtime's profile of ``calls`` runs of
-    ``session`` (made with a ``profile_prefix``)."""
-    for _ in range(calls):
+    ``session`` (made with a ``profile_prefix``), after one untimed first run."""
+    for _ in range(calls + 1):
         run_onnx(session, x)
     with open(session.end_profiling()) as f:
         events = json.load(f)
     total: dict[str, float] = collections.defaultdict(float)
-    ops = {}
+    ops, seen = {}, set()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            if event["name"] not in seen:  # the first run allocates its buffers
+                seen.add(event["name"])
+                continue
             name = event["name"].removesuffix("_kernel_time")
             op = event["args"].get("op_name", "?")
             if not name.startswith("/"):  # not named after a module: a layout reorder or

@@ -85,8 +85,9 @@ def test_refit_kron_hits_the_overall_sparsity_and_beats_refit_global() -> None:
 def test_output_grams_are_reused_only_for_the_same_model_and_images(monkeypatch) -> None:
     """A sweep prunes one model at every k: G_out is computed once; new weights or new images
     compute it again."""
-    from prunelab.pruning import kron
+    from prunelab.pruning import calibrated, kron
 
+    monkeypatch.setattr(calibrated, "_SWEEP_CACHE", {})  # nothing left by earlier tests
     calls = []
     real = kron.output_grams
     monkeypatch.setattr(kron, "output_grams", lambda *a, **k: calls.append(1) or real(*a, **k))
