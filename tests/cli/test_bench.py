@@ -134,13 +134,14 @@ def test_bench_times_every_zoo_model_beside_onnx_runtime(family, tmp_path, tiny_
     assert result.exit_code == 0, result.output
     rows = read_bench(tmp_path / family)
     backends = {r["backend"] for r in rows}
-    assert {"dense", "masked", "compacted", "sparse", "onnx-dense", "onnx-compacted",
-            "auto"} <= backends
+    assert {"dense", "dense-kernels", "masked", "compacted", "sparse", "onnx-dense",
+            "onnx-compacted", "auto"} <= backends
     assert len(rows) == 2 * 2 * 2 * len(backends)
     for r in rows:  # every ratio against the fastest dense runtime of its own batch
         same = [o for o in rows if (o["method"], o["sparsity_pct"], o["batch_size"]) ==
                 (r["method"], r["sparsity_pct"], r["batch_size"])]
-        best = min(o["latency_ms"] for o in same if o["backend"] in ("dense", "onnx-dense"))
+        best = min(o["latency_ms"] for o in same
+                   if o["backend"] in ("dense", "dense-kernels", "onnx-dense"))
         assert r["speedup_vs_best_dense"] == pytest.approx(best / r["latency_ms"])
     unit = [r for r in rows if r["method"] == "unit" and r["sparsity_pct"] == 90]
     assert all(r["flop_ratio"] > 1 for r in unit)
@@ -174,3 +175,4 @@ def test_bench_without_onnx_runtime_warns_in_one_line_and_runs_the_rest(run_dir,
     assert "pip install 'prunelab[onnx]'" in caplog.text
     backends = {r["backend"] for r in read_bench(run_dir)}
     assert "auto" in backends and not backends & {"onnx-dense", "onnx-compacted"}
+    assert "dense-kernels" not in backends  # an MLP has no convs to fuse

@@ -80,7 +80,8 @@ def test_bench_rows_compare_with_dense():
     x = torch.rand(20, 784)
     rows = bench_pruned(_net(), pruned, BenchConfig(batch_sizes=(2,), **FAST), check_x=x)
     by_backend = {r["backend"]: r for r in rows}
-    assert list(by_backend) == list(BenchConfig().backends)
+    # every backend but the conv nets' dense-kernels (an MLP has no convs to fuse)
+    assert list(by_backend) == [b for b in BenchConfig().backends if b != "dense-kernels"]
     assert by_backend["dense"]["speedup_vs_dense"] == 1.0
     # 75 % of the first two layers' weights gone; the last (24 x 10) kept.
     dense_macs = 784 * 48 + 48 * 24 + 24 * 10

@@ -10,28 +10,37 @@ prunelab's layer backends (``inference.layers``: ``csr-numba``, ``csr-torch``):
   unfolded input (im2col) times torch's CSR weight. ``auto_sparsify`` measures where each wins
   (``benchmarks/sparse_conv.py``).
 
-``auto_sparsify(model, example, batch)`` chooses per layer, by timing each layer on the inputs
-it really receives at that batch size: the sparse backend where it is at least ``MARGIN``
-faster than torch's dense layer, else the layer stays as it is. So the whole model is never
-slower than the dense one by construction (up to timing noise), whatever it contains.
+A conv can also run *densely* on prunelab's direct convolution (``inference.direct_conv``, as
+a ``FusedConv2d`` on the "direct" backend): output channels in blocks of 8, so a conv that
+compaction left with 8 output channels costs half of one with 16, where torch's (oneDNN's)
+16-channel blocks charge both alike.
+
+``auto_sparsify(model, example, batch)`` first fuses each conv with the BatchNorm, ReLU and
+residual add after it (``inference.fuse``), then chooses per layer, by timing each layer on the
+inputs it really receives at that batch size: the sparse backend or the direct conv where one
+is at least ``MARGIN`` faster than torch's layer, else the layer stays on torch. So the whole
+model is never slower than the dense one by construction (up to timing noise), whatever it
+contains.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.inference.fuse import FusedConv2d, direct_fits, fuse_convs
 from prunelab.inference.layers import LAYER_BACKENDS, check_backend
 
-__all__ = ["MARGIN", "SPARSE_BACKENDS", "SparseConv2d", "SparseLinear", "auto_sparsify",
-           "sparsify"]
+__all__ = ["DIRECT", "MARGIN", "SPARSE_BACKENDS", "SparseConv2d", "SparseLinear",
+           "auto_sparsify", "sparsify"]
 
 SPARSE_BACKENDS = ("csr-numba", "csr-torch")
+DIRECT = "direct"
+"""The plan entry of a conv run on ``DirectConv2d`` (dense arithmetic)."""
 MARGIN = 1.1
 """A layer goes sparse only when that is at least 10 % faster (timing noise stays out)."""
 
@@ -103,6 +112,12 @@ def _kernels():
 
 
 def _sparse_twin(module: nn.Module, backend: str) -> nn.Module:
+    if isinstance(module, FusedConv2d):
+        return copy.deepcopy(module).set_backend(backend)
+    if backend == DIRECT:
+        if not isinstance(module, nn.Conv2d):
+            raise TypeError(f"the direct kernel runs convs, not a {type(module).__name__}")
+        return FusedConv2d(module).set_backend(DIRECT)
     if isinstance(module, nn.Linear):
         return SparseLinear(module, backend)
     if isinstance(module, nn.Conv2d):
@@ -117,71 +132,75 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def sparsify(model: nn.Module, plan: dict[str, str]) -> nn.Module:
-    """A copy of ``model`` with each layer of ``plan`` (name -> backend of
-    ``SPARSE_BACKENDS``) replaced by its sparse twin; ``model`` is unchanged."""
+    """A copy of ``model`` with each layer of ``plan`` (name -> a backend of
+    ``SPARSE_BACKENDS``, or ``DIRECT`` for a conv) replaced by its twin on that backend;
+    ``model`` is unchanged."""
     net = copy.deepcopy(model).eval()
     modules = dict(net.named_modules())
     for name, backend in plan.items():
         if name not in modules:
             raise ValueError(f"no layer {name!r} in {type(model).__name__}")
-        if backend not in SPARSE_BACKENDS:
+        if backend not in (*SPARSE_BACKENDS, DIRECT):
             raise ValueError(f"unknown sparse backend {backend!r}; choose from "
-                             f"{list(SPARSE_BACKENDS)}")
+                             f"{[*SPARSE_BACKENDS, DIRECT]}")
         _replace(net, name, _sparse_twin(modules[name], backend))
     return net
 
 
-def _candidates(model: nn.Module, min_zeros: float,
-                backend: str) -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d)
+def _sparse_fits(m: nn.Module, min_zeros: float, backend: str) -> bool:
+    """Whether ``m`` has enough zeros to try ``backend`` on, and ``backend`` runs it."""
+    fits = isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d)
                                         and (m.groups == 1 or backend == "csr-numba")
                                         and m.padding_mode == "zeros"
-                                        and not isinstance(m.padding, str)):
-            if float((m.weight == 0).float().mean()) >= min_zeros:
-                out.append((name, m))
-    return out
-
-
-def _median_time(fn, x: torch.Tensor, repeats: int) -> float:
-    fn(x)  # warm-up (numba compiles on first use)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+                                        and not isinstance(m.padding, str)) or (
+        isinstance(m, FusedConv2d) and backend == "csr-numba")  # numeric zero padding
+    return fits and float((m.weight == 0).float().mean()) >= min_zeros
 
 
 @torch.no_grad()
 def auto_sparsify(model: nn.Module, example: torch.Tensor, batch: int,
                   backend: str = "csr-numba", min_zeros: float = 0.5,
-                  repeats: int = 5) -> tuple[nn.Module, dict[str, str]]:
-    """(``model`` with the layers that run faster sparse at ``batch`` samples replaced, the
-    plan {layer: backend}). Each layer with at least ``min_zeros`` zero weights is timed dense
-    and sparse on the input it receives when the model runs ``batch`` samples (``example``
-    repeated to that size)."""
-    candidates = _candidates(model, min_zeros, backend)
-    if not candidates:
-        return copy.deepcopy(model).eval(), {}
+                  repeats: int = 5, direct: bool = True) -> tuple[nn.Module, dict[str, str]]:
+    """(``model`` with the layers that run faster on prunelab's kernels at ``batch`` samples
+    replaced, the plan {layer: backend}). With ``direct``, convs are first fused with what
+    follows them (``fuse_convs``) and each conv ``FusedConv2d``'s direct kernel runs is timed
+    on it. Each layer with at least ``min_zeros`` zero weights is timed on ``backend``. Both
+    against torch's layer, round-robin on the inputs the layer receives when the model runs
+    ``batch`` samples (``example`` repeated to that size); the fastest wins if it beats torch
+    by ``MARGIN``."""
+    from prunelab.inference.timing import time_calls
+
+    net = fuse_convs(model)[0] if direct else copy.deepcopy(model).eval()
+    layers = [(n, m) for n, m in net.named_modules()
+              if (isinstance(m, nn.Linear | nn.Conv2d) and _sparse_fits(m, min_zeros, backend))
+              or (direct and isinstance(m, nn.Conv2d | FusedConv2d))]
     reps = -(-batch // len(example))
     x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch]
-    inputs: dict[nn.Module, torch.Tensor] = {}
+    inputs: dict[nn.Module, tuple] = {}
     handles = [m.register_forward_pre_hook(
-        lambda mod, a: inputs.setdefault(mod, a[0].detach().clone())) for _, m in candidates]
+        lambda mod, a: inputs.setdefault(mod, tuple(t.detach().clone() for t in a)))
+        for _, m in layers]
     try:
-        model.eval()(x)
+        net(x)
     finally:
         for h in handles:
             h.remove()
     plan = {}
-    for name, m in candidates:
+    for name, m in layers:
         if m not in inputs:
             continue  # not reached by the forward pass
-        twin = _sparse_twin(m, backend)
-        dense_t = _median_time(m, inputs[m], repeats)
-        sparse_t = _median_time(twin, inputs[m], repeats)
-        if sparse_t * MARGIN <= dense_t:
-            plan[name] = backend
-    return sparsify(model, plan), plan
+        args = inputs[m]
+        options = [DIRECT] if direct and not isinstance(m, nn.Linear) and direct_fits(
+            m, args[0]) else []
+        if _sparse_fits(m, min_zeros, backend):
+            options.append(backend)
+        if not options:
+            continue
+        twins = [_sparse_twin(m, b) for b in options]
+        times = time_calls([lambda f=f, a=args: f(*a) for f in (m, *twins)], warmup=1,
+                           repeats=repeats)
+        best = min(range(len(twins)), key=lambda i: times[i + 1])
+        if times[best + 1] * MARGIN <= times[0]:
+            plan[name] = options[best]
+            _replace(net, name, twins[best])
+    return net, plan

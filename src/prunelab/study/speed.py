@@ -120,8 +120,14 @@ def _plan_text(plan: dict[str, str]) -> str:
     return ", ".join(f"{n}: {b}" for n, b in plan.items()) or "dense layers"
 
 
+def _dense_kernels(s: Subject, batch: int) -> tuple[nn.Module, str]:
+    net, plan = auto_sparsify(s.dense, s.example, batch)
+    return net, "unpruned model, fused convs; " + _plan_text(plan)
+
+
 NETWORK_BACKENDS: dict[str, Builder] = {
     "dense": lambda s, batch: (s.dense, "unpruned model"),
+    "dense-kernels": _dense_kernels,
     "masked": lambda s, batch: (s.pruned, "zeroed weights, dense arithmetic"),
     "compacted": lambda s, batch: (s.compacted, "dense"),
     "sparse": lambda s, batch: _sparse(s, batch, "csr-numba"),
@@ -131,22 +137,27 @@ NETWORK_BACKENDS: dict[str, Builder] = {
     "auto": lambda s, batch: _auto(s, batch),
 }
 """Whole-network backends: name -> (subject, batch) -> (module, plan). ``sparse`` on a model
-other than an MLP runs the compacted model with its weight-pruned layers sparse where that
-measurably wins (``inference.sparse.auto_sparsify``)."""
-BATCH_DEPENDENT = frozenset({"auto", "sparse", "sparse-torch"})
+other than an MLP runs the compacted model with its convs fused with their BatchNorm, ReLU and
+residual add, and its layers on prunelab's sparse or direct kernels where that measurably wins
+(``inference.sparse.auto_sparsify``); ``dense-kernels`` does the same to the unpruned model
+(a conv net only: an MLP has nothing to fuse), so that it counts among the dense runtimes."""
+BATCH_DEPENDENT = frozenset({"auto", "sparse", "sparse-torch", "dense-kernels"})
+CONV_ONLY = frozenset({"dense-kernels"})
+"""Backends left out for an MLP, where they would run the dense model as ``dense`` does."""
 """Backends whose module depends on the batch size (the others are built once)."""
 ONNX_BACKENDS = frozenset({"onnx-dense", "onnx-compacted"})
 """Backends that need ONNX Runtime (the ``onnx`` extra); left out, with a warning, without."""
 BURST_MAX_BATCH = 1024
 """Larger batches take long enough per call to be timed one call per backend and round."""
-DENSE_RUNTIMES = ("dense", "onnx-dense")
+DENSE_RUNTIMES = ("dense", "dense-kernels", "onnx-dense")
 """The unpruned model in each runtime: the fastest of them is the baseline of
 ``speedup_vs_best_dense``."""
 
 
 def _auto(s: Subject, batch: int) -> tuple[nn.Module, str]:
     """The fastest at ``batch``, timed on the subject's inputs, of: prunelab's own choice
-    (per-layer backends of the compacted MLP, or the compacted model with its sparse layers),
+    (per-layer backends of the compacted MLP, or the compacted model with its convs fused and
+    its layers on sparse or direct kernels),
     the pruned model as it is (torch), and ONNX Runtime on the compacted and on the pruned
     model. The last two run the dense model's graph, so auto is never slower than the fastest
     dense runtime beyond timing noise, even where compaction or sparsity buys nothing."""
@@ -260,6 +271,8 @@ def bench_pruned(dense: nn.Module, pruned: nn.Module, config: BenchConfig,
         log.warning("ONNX Runtime is not installed (pip install 'prunelab[onnx]'): its rows "
                     "are left out")
         backends = tuple(b for b in backends if b not in ONNX_BACKENDS)
+    if subject.mlp:
+        backends = tuple(b for b in backends if b not in CONV_ONLY)
     gen = torch.Generator().manual_seed(config.seed)
     built: dict[str, tuple[nn.Module, str, float | str]] = {}
     rows = []

@@ -1,0 +1,262 @@
+"""A dense direct convolution for convs with few output channels on small images, in numba.
+
+AVX-512 convolution kernels (oneDNN's in torch, ONNX Runtime's blocked NCHWc layout) work on
+blocks of 16 channels: a conv writing 8 channels costs as much as one writing 16, so halving a
+ResNet's 16-channel block convs does not halve their time (issue 12). This kernel blocks the
+output channels by 8 and vectorises along the image *row* instead: an output row of up to 32
+columns is two 16-lane vectors, so 8 output channels hold 16 accumulators in registers. Each
+tap (input channel, kernel row, kernel column) loads its shifted input row once (two vectors,
+from a zero-padded copy of the image) and does 16 multiply-adds with 8 broadcast weights.
+Its cost scales with ceil(out / 8) x in channels, so a 16 -> 8 conv takes half a 16 -> 16 one.
+
+It covers stride 1, dilation 1, groups 1, numeric zero padding and output rows of at most 32
+columns (28 x 28 and 14 x 14 images; a 7 x 7 row leaves 9 of 16 lanes idle).
+``prunelab.inference.sparse.auto_sparsify`` times it against torch's conv per layer and uses
+it only where it measurably wins.
+
+Measured (batch 256, 28 x 28, 2 threads, 16 input channels, ms): see ``benchmarks/sparse_conv.py
+--direct``; the figures are in docs/any-model.md.
+
+>>> import torch
+>>> conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+>>> x = torch.randn(2, 3, 6, 6)
+>>> y = direct_conv2d(x.numpy(), pack_direct(conv.weight.detach().numpy(),
+...                   conv.bias.detach().numpy()), 5, (3, 3), (1, 1))
+>>> bool(torch.allclose(torch.from_numpy(y), conv(x), atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from prunelab.inference.kernels import BLOCK, _splat, _stack_floats, _vector_at, _wide_vectors
+
+__all__ = ["MAX_WIDTH", "OUT_BLOCK", "direct_conv2d", "direct_supported", "pack_direct"]
+
+OUT_BLOCK = 8
+"""Output channels per register block (8 x 2 vectors = 16 accumulators of 32)."""
+MAX_WIDTH = 2 * BLOCK
+"""Widest output row: two vectors."""
+
+
+def direct_supported(out_width: int, stride: tuple[int, int], dilation: tuple[int, int],
+                     groups: int) -> bool:
+    """Whether ``direct_conv2d`` runs a conv of this shape."""
+    return (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+            and 1 <= out_width <= MAX_WIDTH)
+
+
+def pack_direct(weight: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(weights (blocks, in, kh, kw, OUT_BLOCK), bias (blocks * OUT_BLOCK,)) float32 for
+    ``direct_conv2d``: output channels in blocks of ``OUT_BLOCK``, the last padded with zeros."""
+    weight = np.asarray(weight, dtype=np.float32)
+    out_ch, in_ch, kh, kw = weight.shape
+    blocks = -(-out_ch // OUT_BLOCK)
+    padded = np.zeros((blocks * OUT_BLOCK, in_ch, kh, kw), dtype=np.float32)
+    padded[:out_ch] = weight
+    packed = padded.reshape(blocks, OUT_BLOCK, in_ch, kh, kw).transpose(0, 2, 3, 4, 1)
+    b = np.zeros(blocks * OUT_BLOCK, dtype=np.float32)
+    if bias is not None:
+        b[:out_ch] = np.asarray(bias, dtype=np.float32)
+    return np.ascontiguousarray(packed), b
+
+
+def _pointer(context, builder, aryty, ary, offset):
+    return builder.gep(context.make_array(aryty)(context, builder, ary).data, [offset])
+
+
+def _lane_mask(builder, bits):
+    # An int64 whose low 16 bits say which lanes take part -> <16 x i1>
+    return builder.bitcast(builder.trunc(bits, ir.IntType(BLOCK)),
+                           ir.VectorType(ir.IntType(1), BLOCK))
+
+
+def _masked(builder, name, args):
+    vec = ir.VectorType(ir.FloatType(), BLOCK)
+    mask = ir.VectorType(ir.IntType(1), BLOCK)
+    if name == "load":
+        fnty = ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), mask, vec])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            "llvm.masked.load.v16f32.p0v16f32")
+    else:
+        fnty = ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), ir.IntType(32), mask])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            "llvm.masked.store.v16f32.p0v16f32")
+    return builder.call(fn, args)
+
+
+@intrinsic
+def _tap(typingctx, acc, weights, w_at, x, x_at, mask0, mask1,
+         vectors):  # pragma: no cover - compiled
+    """``acc[o, v] += weights[w_at + o] * x[x_at + 16 v + lane]`` for o < OUT_BLOCK, ``vectors``
+    (a literal 1 or 2) 16-lane vectors and the lanes set in ``mask0`` / ``mask1`` (the others
+    read 0 and touch no memory: a tap's row shifted past the image border is zero padding)."""
+    if not isinstance(vectors, types.IntegerLiteral):
+        return None
+    nv = vectors.literal_value
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), BLOCK)
+        wp = _pointer(context, builder, sig.args[1], args[1], args[2])
+        xp = _pointer(context, builder, sig.args[3], args[3], args[4])
+        zero = ir.Constant(vec, [0.0] * BLOCK)
+        xs = [_masked(builder, "load", [_vector_at(builder, xp, k), ir.Constant(ir.IntType(32), 4),
+                                        _lane_mask(builder, args[5 + k]), zero])
+              for k in range(nv)]
+        for o in range(OUT_BLOCK):
+            s = _splat(builder, builder.load(builder.gep(wp, [ir.Constant(ir.IntType(64), o)])))
+            for k in range(nv):
+                p = _vector_at(builder, args[0], o * nv + k)
+                a = builder.load(p, align=4)
+                builder.store(builder.fadd(a, builder.fmul(s, xs[k], flags=["fast"]),
+                                           flags=["fast"]), p, align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, weights, w_at, x, x_at, mask0, mask1, vectors), codegen
+
+
+@intrinsic
+def _fill(typingctx, acc, bias, at, vectors):  # pragma: no cover - compiled
+    """``acc[o, :] = bias[at + o]`` for o < OUT_BLOCK."""
+    if not isinstance(vectors, types.IntegerLiteral):
+        return None
+    nv = vectors.literal_value
+
+    def codegen(context, builder, sig, args):
+        bp = _pointer(context, builder, sig.args[1], args[1], args[2])
+        for o in range(OUT_BLOCK):
+            s = _splat(builder, builder.load(builder.gep(bp, [ir.Constant(ir.IntType(64), o)])))
+            for k in range(nv):
+                builder.store(s, _vector_at(builder, args[0], o * nv + k), align=4)
+        return context.get_dummy_value()
+
+    return types.void(acc, bias, at, vectors), codegen
+
+
+@intrinsic
+def _store(typingctx, acc, out, at, stride, count, mask0, mask1, relu, res, add,
+           vectors):  # pragma: no cover - compiled
+    """Accumulator row o (o < ``count``) to ``out[at + o * stride + lane]`` for the lanes set in
+    ``mask0`` / ``mask1`` (the output row's columns); with ``add``, plus ``res`` at the same
+    place (a residual); then with ``relu`` max(0, .)."""
+    if not isinstance(vectors, types.IntegerLiteral):
+        return None
+    nv = vectors.literal_value
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), BLOCK)
+        zero = ir.Constant(vec, [0.0] * BLOCK)
+        four = ir.Constant(ir.IntType(32), 4)
+        base = _pointer(context, builder, sig.args[1], args[1], args[2])
+        rbase = _pointer(context, builder, sig.args[8], args[8], args[2])
+        masks = [_lane_mask(builder, args[5 + k]) for k in range(nv)]
+        for o in range(OUT_BLOCK):
+            live = builder.icmp_signed("<", ir.Constant(ir.IntType(64), o), args[4])
+            with builder.if_then(live):
+                step = builder.mul(args[3], ir.Constant(ir.IntType(64), o))
+                row, rrow = builder.gep(base, [step]), builder.gep(rbase, [step])
+                for k in range(nv):
+                    a = builder.load(_vector_at(builder, args[0], o * nv + k), align=4)
+                    r = _masked(builder, "load", [_vector_at(builder, rrow, k), four, masks[k],
+                                                  zero])
+                    a = builder.select(args[9], builder.fadd(a, r, flags=["fast"]), a)
+                    cut = builder.select(builder.fcmp_ordered("<", a, zero), zero, a)
+                    _masked(builder, "store", [builder.select(args[7], cut, a),
+                                               _vector_at(builder, row, k), four, masks[k]])
+        return context.get_dummy_value()
+
+    return types.void(acc, out, at, types.int64, types.int64, mask0, mask1, relu, res, add,
+                      vectors), codegen
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+def _lanes(lo, hi, v):  # pragma: no cover - compiled
+    # Bits of the lanes i < 16 of vector v with lo <= 16 v + i < hi.
+    bits = 0
+    for i in range(BLOCK):
+        if lo <= BLOCK * v + i < hi:
+            bits |= 1 << i
+    return bits
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last,
+                vectors):  # pragma: no cover - compiled
+    # Work items first:last of (image, output block), in that order; one thread. No padded
+    # copy: a tap row outside the image is skipped, a tap column outside it a masked lane.
+    numba.literally(vectors)
+    _wide_vectors()
+    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
+    n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    blocks, kh, kw = weights.shape[0], weights.shape[2], weights.shape[3]
+    masks = np.zeros((kw, 2), dtype=np.int64)  # per kernel column: lanes inside the image
+    for kx in range(kw):
+        dx = kx - pad_w
+        for v in range(vectors):
+            masks[kx, v] = _lanes(-dx, w - dx, v)
+    out_mask0, out_mask1 = _lanes(0, ow, 0), _lanes(0, ow, 1)
+    flat_x, flat_w = x.reshape(x.size), weights.reshape(weights.size)
+    flat_out, flat_res = out.reshape(out.size), res.reshape(res.size)
+    acc = _stack_floats(256)  # OUT_BLOCK * BLOCK * 2 floats, a literal
+    per_block = channels * kh * kw * OUT_BLOCK
+    for item in range(first, last):
+        img, blk = item // blocks, item % blocks
+        for y in range(oh):
+            _fill(acc, bias, blk * OUT_BLOCK, vectors)
+            for c in range(channels):
+                for ky in range(kh):
+                    iy = y + ky - pad_h
+                    if iy < 0 or iy >= h:
+                        continue
+                    row = ((img * channels + c) * h + iy) * w
+                    for kx in range(kw):
+                        _tap(acc, flat_w, blk * per_block + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
+                             flat_x, row + kx - pad_w, masks[kx, 0], masks[kx, 1], vectors)
+            _store(acc, flat_out, ((img * n_out + blk * OUT_BLOCK) * oh + y) * ow, oh * ow,
+                   min(OUT_BLOCK, n_out - blk * OUT_BLOCK), out_mask0, out_mask1, relu,
+                   flat_res, add, vectors)
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
+def _direct_conv(x, weights, bias, pad_h, pad_w, relu, res, add, out,
+                 chunks):  # pragma: no cover - compiled
+    # (image, output block) items in ``chunks`` contiguous ranges, one per thread.
+    items = x.shape[0] * weights.shape[0]
+    for t in numba.prange(chunks):
+        first, last = t * items // chunks, (t + 1) * items // chunks
+        if out.shape[3] > BLOCK:
+            _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last, 2)
+        else:
+            _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last, 1)
+
+
+def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_channels: int,
+                  kernel_size: tuple[int, int], padding: tuple[int, int],
+                  relu: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
+    """A stride-1 2-D convolution of ``x`` (N, C, H, W) with the weight ``pack_direct`` made,
+    plus its bias, plus ``residual`` (shaped as the output) if given, then ReLU with ``relu``:
+    (N, out_channels, OH, OW) float32, zero padding. OW must be at most ``MAX_WIDTH``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    weights, bias = packed
+    n, channels, h, w = x.shape
+    if channels != weights.shape[1]:
+        raise ValueError(f"expected {weights.shape[1]} input channels, got {channels}")
+    kh, kw = kernel_size
+    oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
+    if not direct_supported(ow, (1, 1), (1, 1), 1) or oh < 1:
+        raise ValueError(f"direct_conv2d needs 1 to {MAX_WIDTH} output columns, got {ow}")
+    out = np.empty((n, out_channels, oh, ow), dtype=np.float32)
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, dtype=np.float32)
+        if residual.shape != out.shape:
+            raise ValueError(f"residual of shape {residual.shape} does not match the output's "
+                             f"{out.shape}")
+    chunks = max(1, min(numba.get_num_threads(), n * weights.shape[0]))
+    _direct_conv(x, weights, bias, padding[0], padding[1], bool(relu),
+                 out if residual is None else residual, residual is not None, out, chunks)
+    return out

@@ -1,0 +1,102 @@
+"""The dense direct convolution (``inference.direct_conv``) against torch's conv, and its use
+inside a model (``DirectConv2d``, ``auto_sparsify``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.inference.direct_conv import MAX_WIDTH, direct_conv2d, pack_direct
+from prunelab.inference.fuse import FusedConv2d
+from prunelab.inference.sparse import DIRECT, auto_sparsify, sparsify
+from prunelab.inference.structural import TOLERANCE, max_difference
+from prunelab.pruning import PruneContext, apply_weights, prune
+
+from .test_structural import _inputs, _zoo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# (in, out, kernel, padding, height, width): output channels below, at and across blocks of 8
+# (1, 5, 8, 9, 17), output rows of one lane, one vector, one lane past it and two full
+# vectors, square and oblong kernels, padding 0 to wider than the kernel reaches
+CASES = [
+    (3, 5, 3, 1, 9, 7), (16, 8, 3, 1, 28, 28), (8, 16, 3, 1, 14, 14), (2, 1, 1, 0, 4, 16),
+    (4, 9, 5, 2, 6, 17), (5, 17, (1, 3), (0, 1), 3, 32), (3, 8, (3, 1), (1, 0), 5, 1),
+    (2, 3, 3, 0, 5, 18), (2, 4, 3, 3, 4, 4), (1, 16, 3, 1, 28, 28), (7, 3, 3, (2, 0), 2, 20),
+]
+
+
+def _reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, padding) -> np.ndarray:
+    with torch.no_grad():
+        return F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                        None if b is None else torch.from_numpy(b).double(),
+                        padding=padding).numpy()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_direct_conv_is_the_conv(case, relu: bool) -> None:
+    c_in, c_out, k, pad, h, w = case
+    k, pad = (k, k) if isinstance(k, int) else k, (pad, pad) if isinstance(pad, int) else pad
+    gen = np.random.default_rng(c_in * 100 + c_out)
+    x = gen.standard_normal((3, c_in, h, w)).astype(np.float32)
+    weight = gen.standard_normal((c_out, c_in, *k)).astype(np.float32)
+    bias = gen.standard_normal(c_out).astype(np.float32)
+    y = direct_conv2d(x, pack_direct(weight, bias), c_out, k, pad, relu=relu)
+    ref = _reference(x, weight, bias, pad)
+    if relu:
+        ref = np.maximum(ref, 0.0)
+    assert y.shape == ref.shape and y.dtype == np.float32
+    # float32 sums of at most 16 x 25 products against float64: a few ulps of their size
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_inputs_it_cannot_take_are_refused() -> None:
+    packed = pack_direct(np.ones((4, 3, 3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="expected 3 input channels, got 2"):
+        direct_conv2d(np.ones((1, 2, 5, 5), dtype=np.float32), packed, 4, (3, 3), (1, 1))
+    with pytest.raises(ValueError, match=f"1 to {MAX_WIDTH} output columns, got 40"):
+        direct_conv2d(np.ones((1, 3, 5, 40), dtype=np.float32), packed, 4, (3, 3), (1, 1))
+    # a non-contiguous view is read correctly
+    x = np.ones((1, 3, 6, 10), dtype=np.float32)[:, :, :, ::2]
+    y = direct_conv2d(x, packed, 4, (3, 3), (1, 1))
+    np.testing.assert_allclose(y, _reference(np.ascontiguousarray(x), np.ones((4, 3, 3, 3),
+                                                                          np.float32), None,
+                                             (1, 1)), rtol=1e-6)
+
+
+def test_the_fused_module_runs_the_conv_and_falls_back_where_rows_are_too_wide() -> None:
+    conv = nn.Conv2d(6, 10, 3, padding=1)
+    fast = FusedConv2d(conv).set_backend(DIRECT)
+    with torch.no_grad():
+        for width in (12, MAX_WIDTH, MAX_WIDTH + 8):  # the last goes to torch's conv
+            x = torch.randn(2, 6, 5, width)
+            torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="expected 6 input channels, got 5"):
+            fast(torch.randn(2, 5, 5, 5))
+    with pytest.raises(ValueError, match="stride 1, dilation 1, groups 1"):
+        FusedConv2d(nn.Conv2d(6, 10, 3, stride=2)).set_backend(DIRECT)
+    with pytest.raises(TypeError, match="runs convs, not a Linear"):
+        sparsify(nn.Sequential(nn.Linear(3, 3)), {"0": DIRECT})
+
+
+def test_a_resnet_with_direct_convs_gives_the_masked_outputs() -> None:
+    x = _inputs(24, 33)
+    net = _zoo("resnet", x)
+    masked = apply_weights(net, prune(net, "unit", 0.5, context=PruneContext(example=x[:4])))
+    convs = [n for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)
+             and m.stride == (1, 1)]
+    fast = sparsify(masked, dict.fromkeys(convs, DIRECT))
+    assert sum(isinstance(m, FusedConv2d) and m.backend == DIRECT
+               for m in fast.modules()) == len(convs) > 0
+    with torch.no_grad():
+        assert max_difference(fast(x), masked(x)) <= TOLERANCE
+    # auto: whatever it picks per layer, the outputs stay the masked model's
+    auto, plan = auto_sparsify(masked, x[:4], batch=32, repeats=3)
+    assert set(plan.values()) <= {"csr-numba", DIRECT}
+    assert any(isinstance(m, FusedConv2d) for m in auto.modules())
+    with torch.no_grad():
+        assert max_difference(auto(x), masked(x)) <= TOLERANCE

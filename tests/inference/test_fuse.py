@@ -1,0 +1,149 @@
+"""Fused convolutions (``inference.fuse``): BatchNorm folded, ReLU and residual adds in the
+conv's epilogue, on torch, the direct kernel or the sparse one -- always the model's outputs."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.inference.fuse import FusedConv2d, fold_batchnorm, fuse_convs
+from prunelab.inference.structural import TOLERANCE, max_difference
+from prunelab.pruning.batchnorm import recalibrate_batchnorm
+
+from .test_structural import _inputs, _zoo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trained_like(net: nn.Module, x: torch.Tensor) -> nn.Module:
+    with torch.no_grad():  # BatchNorm with nonzero shifts, gains and real statistics
+        gen = torch.Generator().manual_seed(3)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0, 0.5, generator=gen)
+    return recalibrate_batchnorm(net, x).eval()
+
+
+class Block(nn.Module):
+    """A user's residual block written three ways: ``out + x``, ``x + out`` and ``out += x``."""
+
+    def __init__(self, c: int, order: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(c, affine=False)
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        if self.order == "iadd":
+            out += x
+            return F.relu(out)
+        return F.relu(out + x) if self.order == "right" else (x + out).relu()
+
+
+class Net(nn.Module):
+    """Untraceable at the top (control flow on a value), traceable inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(Block(8, "right"), Block(8, "left"), Block(8, "iadd"))
+        self.side = nn.Conv2d(8, 8, 1)  # read twice below: nothing to fuse it with
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.stem(x.reshape(-1, 1, 12, 12)))
+        if float(h.mean()) > 1e9:  # data-dependent: torch.fx cannot trace this
+            h = -h
+        s = self.side(h)
+        return self.head((s * s + s).mean(dim=(2, 3)))
+
+
+def test_folding_batchnorm_is_the_conv_then_the_batchnorm() -> None:
+    x = torch.randn(5, 3, 7, 7)
+    for conv, bn in ((nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4)),
+                     (nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, affine=False))):
+        bn = _trained_like(nn.Sequential(conv, bn), x)[1]
+        w, b = fold_batchnorm(conv, bn)
+        with torch.no_grad():
+            torch.testing.assert_close(F.conv2d(x, w, b), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "direct"])
+def test_a_users_residual_net_is_fused_where_it_can_be_and_gives_its_outputs(backend) -> None:
+    x = _inputs(32, 5, features=144)
+    net = _trained_like(Net(), x.reshape(-1, 1, 12, 12))
+    fused, names = fuse_convs(net)
+    # the top cannot be traced: its children are; the twice-read conv stays
+    assert names == ["stem.0", "blocks.0.conv1", "blocks.0.conv2", "blocks.1.conv1",
+                     "blocks.1.conv2", "blocks.2.conv1", "blocks.2.conv2"]
+    assert isinstance(fused.side, nn.Conv2d) and type(fused) is Net
+    convs = {n: m for n, m in fused.named_modules() if isinstance(m, FusedConv2d)}
+    assert set(convs) == set(names)
+    assert [(m.relu, m.residual) for m in convs.values()] == [(True, False)] + [
+        (True, False), (True, True)] * 3
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.ReLU) for m in fused.modules())
+    for m in convs.values():
+        m.set_backend(backend)
+    with torch.no_grad():
+        assert max_difference(fused(x), net(x)) <= TOLERANCE
+        assert max_difference(fused(x[:1]), net(x[:1])) <= TOLERANCE
+    assert [n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]  # unchanged
+
+
+@pytest.mark.parametrize("family", ["lenet5", "resnet", "vit"])
+def test_zoo_models_fuse_and_keep_their_outputs(family: str) -> None:
+    x = _inputs(24, 7)
+    net = _zoo(family, x)
+    fused, names = fuse_convs(net)
+    expected = {"lenet5": 2, "resnet": sum(isinstance(m, nn.Conv2d) for m in net.modules()),
+                "vit": 0}[family]  # every ResNet conv has a BatchNorm; the ViT's patch conv
+    assert len(names) == expected  # is followed by a reshape
+    for m in fused.modules():
+        if isinstance(m, FusedConv2d) and m.stride == (1, 1):
+            m.set_backend("direct")
+    with torch.no_grad():
+        assert max_difference(fused(x), net(x)) <= TOLERANCE
+
+
+def test_the_sparse_backend_runs_a_pruned_fused_conv_with_its_epilogue() -> None:
+    conv = nn.Conv2d(6, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=torch.Generator()
+                                    .manual_seed(0)) > 0.8)
+    bn = _trained_like(nn.Sequential(conv, nn.BatchNorm2d(6)), torch.randn(8, 6, 9, 9))[1]
+    x, res = torch.randn(4, 6, 9, 9), torch.randn(4, 6, 9, 9)
+    reference = torch.relu(bn(conv(x)) + res)
+    for backend in ("torch", "direct", "csr-numba"):
+        fused = FusedConv2d(conv, bn, relu=True, residual=True).set_backend(backend)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x, res), reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown fused-conv backend 'cuda'"):
+        FusedConv2d(conv).set_backend("cuda")
+    with pytest.raises(ValueError, match="numeric zero padding"):
+        FusedConv2d(nn.Conv2d(2, 2, 3, padding="same"))
+
+
+def test_adds_that_are_not_residuals_stay() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return torch.add(y, x, alpha=2.0) + operator.add(y, 1.0)  # read twice, with alpha
+
+    net = Odd().eval()
+    fused, names = fuse_convs(net)
+    assert names == [] and fused is not net
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x))
