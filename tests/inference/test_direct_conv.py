@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab.inference.direct_conv import MAX_WIDTH, direct_conv2d, pack_direct
+from prunelab.inference.direct_conv import direct_conv2d, pack_direct
 from prunelab.inference.fuse import FusedConv2d
 from prunelab.inference.sparse import DIRECT, auto_sparsify, sparsify
 from prunelab.inference.structural import TOLERANCE, max_difference
@@ -20,12 +20,14 @@ from .test_structural import _inputs, _zoo
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (in, out, kernel, padding, height, width): output channels below, at and across blocks of 8
-# (1, 5, 8, 9, 17), output rows of one lane, one vector, one lane past it and two full
-# vectors, square and oblong kernels, padding 0 to wider than the kernel reaches
+# (1, 5, 8, 9, 17), planes of fewer positions than a vector, of one vector exactly, of an odd
+# number of vectors and of many, rows of 1 to 40 columns, square and oblong kernels, rows
+# padded less than, as much as and more than the kernel reaches
 CASES = [
-    (3, 5, 3, 1, 9, 7), (16, 8, 3, 1, 28, 28), (8, 16, 3, 1, 14, 14), (2, 1, 1, 0, 4, 16),
+    (3, 5, 3, 1, 9, 7), (16, 8, 3, 1, 28, 28), (8, 16, 3, 1, 14, 14), (2, 1, 1, 0, 4, 4),
     (4, 9, 5, 2, 6, 17), (5, 17, (1, 3), (0, 1), 3, 32), (3, 8, (3, 1), (1, 0), 5, 1),
-    (2, 3, 3, 0, 5, 18), (2, 4, 3, 3, 4, 4), (1, 16, 3, 1, 28, 28), (7, 3, 3, (2, 0), 2, 20),
+    (2, 3, 3, (0, 1), 5, 40), (2, 4, 3, (3, 1), 4, 4), (1, 16, 3, 1, 28, 28),
+    (32, 16, 3, 1, 7, 7), (7, 3, 3, 1, 2, 3),
 ]
 
 
@@ -58,8 +60,10 @@ def test_inputs_it_cannot_take_are_refused() -> None:
     packed = pack_direct(np.ones((4, 3, 3, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="expected 3 input channels, got 2"):
         direct_conv2d(np.ones((1, 2, 5, 5), dtype=np.float32), packed, 4, (3, 3), (1, 1))
-    with pytest.raises(ValueError, match=f"1 to {MAX_WIDTH} output columns, got 40"):
-        direct_conv2d(np.ones((1, 3, 5, 40), dtype=np.float32), packed, 4, (3, 3), (1, 1))
+    with pytest.raises(ValueError, match=r"keeps the width .* padding \(1, 0\), input 5 x 9"):
+        direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (3, 3), (1, 0))
+    with pytest.raises(ValueError, match="at least one output row"):
+        direct_conv2d(np.ones((1, 3, 1, 9), dtype=np.float32), packed, 4, (3, 3), (0, 1))
     # a non-contiguous view is read correctly
     x = np.ones((1, 3, 6, 10), dtype=np.float32)[:, :, :, ::2]
     y = direct_conv2d(x, packed, 4, (3, 3), (1, 1))
@@ -68,16 +72,20 @@ def test_inputs_it_cannot_take_are_refused() -> None:
                                              (1, 1)), rtol=1e-6)
 
 
-def test_the_fused_module_runs_the_conv_and_falls_back_where_rows_are_too_wide() -> None:
-    conv = nn.Conv2d(6, 10, 3, padding=1)
+def test_the_fused_module_runs_the_conv_and_falls_back_where_the_kernel_cannot() -> None:
+    conv = nn.Conv2d(6, 10, 3, padding=(0, 1))
     fast = FusedConv2d(conv).set_backend(DIRECT)
     with torch.no_grad():
-        for width in (12, MAX_WIDTH, MAX_WIDTH + 8):  # the last goes to torch's conv
-            x = torch.randn(2, 6, 5, width)
+        for height in (2, 3, 12):  # no output row at 2: torch's conv says so
+            x = torch.randn(2, 6, height, 9)
+            if height == 2:
+                with pytest.raises(RuntimeError):
+                    fast(x)
+                continue
             torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="expected 6 input channels, got 5"):
             fast(torch.randn(2, 5, 5, 5))
-    with pytest.raises(ValueError, match="stride 1, dilation 1, groups 1"):
+    with pytest.raises(ValueError, match="stride 1, dilation 1, groups 1 and a padding"):
         FusedConv2d(nn.Conv2d(6, 10, 3, stride=2)).set_backend(DIRECT)
     with pytest.raises(TypeError, match="runs convs, not a Linear"):
         sparsify(nn.Sequential(nn.Linear(3, 3)), {"0": DIRECT})

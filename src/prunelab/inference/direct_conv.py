@@ -1,21 +1,22 @@
-"""A dense direct convolution for convs with few output channels on small images, in numba.
+"""A dense direct convolution for convs with few channels on small images, in numba.
 
 AVX-512 convolution kernels (oneDNN's in torch, ONNX Runtime's blocked NCHWc layout) work on
 blocks of 16 channels: a conv writing 8 channels costs as much as one writing 16, so halving a
 ResNet's 16-channel block convs does not halve their time (issue 12). This kernel blocks the
-output channels by 8 and vectorises along the image *row* instead: an output row of up to 32
-columns is two 16-lane vectors, so 8 output channels hold 16 accumulators in registers. Each
-tap (input channel, kernel row, kernel column) loads its shifted input row once (two vectors,
-from a zero-padded copy of the image) and does 16 multiply-adds with 8 broadcast weights.
-Its cost scales with ceil(out / 8) x in channels, so a 16 -> 8 conv takes half a 16 -> 16 one.
+output channels by 8 and vectorises along the *flattened output plane* instead: 32 output
+positions (two 16-lane vectors) of 8 output channels are 16 accumulators held in registers.
+For a conv that keeps the width (stride 1, padding (k - 1) / 2 across), each tap (input
+channel, kernel row, kernel column) reads the input plane at one constant shift of those
+positions, so a tap is two masked vector loads (lanes whose tap falls outside the image read
+zero and touch no memory: the zero padding, with no padded copy) and 16 multiply-adds with 8
+broadcast weights. The epilogue (bias, i.e. folded BatchNorm; a residual add; ReLU) is applied
+to the accumulators before they are stored. The cost scales with ceil(out / 8) x in channels
+and with the plane's positions, whatever its width: 28 x 28, 14 x 14 and 7 x 7 planes fill
+98 %, 94 % and 77 % of the lanes.
 
-It covers stride 1, dilation 1, groups 1, numeric zero padding and output rows of at most 32
-columns (28 x 28 and 14 x 14 images; a 7 x 7 row leaves 9 of 16 lanes idle).
-``prunelab.inference.sparse.auto_sparsify`` times it against torch's conv per layer and uses
-it only where it measurably wins.
-
-Measured (batch 256, 28 x 28, 2 threads, 16 input channels, ms): see ``benchmarks/sparse_conv.py
---direct``; the figures are in docs/any-model.md.
+It covers stride 1, dilation 1, groups 1 and numeric zero padding that keeps the width
+(``direct_supported``). ``prunelab.inference.sparse.auto_sparsify`` times it against torch's
+conv per layer (``inference.fuse.FusedConv2d``) and uses it only where it measurably wins.
 
 >>> import torch
 >>> conv = torch.nn.Conv2d(3, 5, 3, padding=1)
@@ -36,19 +37,20 @@ from numba.extending import intrinsic
 
 from prunelab.inference.kernels import BLOCK, _splat, _stack_floats, _vector_at, _wide_vectors
 
-__all__ = ["MAX_WIDTH", "OUT_BLOCK", "direct_conv2d", "direct_supported", "pack_direct"]
+__all__ = ["OUT_BLOCK", "direct_conv2d", "direct_supported", "pack_direct"]
 
 OUT_BLOCK = 8
 """Output channels per register block (8 x 2 vectors = 16 accumulators of 32)."""
-MAX_WIDTH = 2 * BLOCK
-"""Widest output row: two vectors."""
+PAIR = 2 * BLOCK
+"""Output positions per register block."""
 
 
-def direct_supported(out_width: int, stride: tuple[int, int], dilation: tuple[int, int],
-                     groups: int) -> bool:
-    """Whether ``direct_conv2d`` runs a conv of this shape."""
+def direct_supported(kernel_size: tuple[int, int], padding: tuple[int, int],
+                     stride: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:
+    """Whether ``direct_conv2d`` runs a conv of this shape: stride 1, dilation 1, groups 1,
+    and a padding across that keeps the width (2 x padding = kernel width - 1)."""
     return (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
-            and 1 <= out_width <= MAX_WIDTH)
+            and 2 * padding[1] == kernel_size[1] - 1 and padding[0] >= 0)
 
 
 def pack_direct(weight: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -174,65 +176,70 @@ def _store(typingctx, acc, out, at, stride, count, mask0, mask1, relu, res, add,
                       vectors), codegen
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
-def _lanes(lo, hi, v):  # pragma: no cover - compiled
-    # Bits of the lanes i < 16 of vector v with lo <= 16 v + i < hi.
-    bits = 0
-    for i in range(BLOCK):
-        if lo <= BLOCK * v + i < hi:
-            bits |= 1 << i
-    return bits
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _tap_masks(h, w, oh, pad_h, pad_w, kh, kw, vectors):  # pragma: no cover - compiled
+    # masks[v, ky, kx]: the lanes of flat output vector v whose tap (ky, kx) reads inside the
+    # image; masks[v, kh, 0]: the lanes that are output positions.
+    masks = np.zeros((vectors, kh + 1, max(kw, 1)), dtype=np.int64)
+    for v in range(vectors):
+        for i in range(BLOCK):
+            p = v * BLOCK + i
+            if p >= oh * w:
+                continue
+            y, xo = p // w, p % w
+            masks[v, kh, 0] |= 1 << i
+            for ky in range(kh):
+                iy = y + ky - pad_h
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = xo + kx - pad_w
+                    if 0 <= ix < w:
+                        masks[v, ky, kx] |= 1 << i
+    return masks
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last,
-                vectors):  # pragma: no cover - compiled
-    # Work items first:last of (image, output block), in that order; one thread. No padded
-    # copy: a tap row outside the image is skipped, a tap column outside it a masked lane.
-    numba.literally(vectors)
+def _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, masks, first,
+                last):  # pragma: no cover - compiled
+    # Work items first:last of (image, output block), in that order; one thread. For each
+    # pair of flat output vectors, every tap is two masked loads at one shift of the plane.
     _wide_vectors()
     channels, h, w = x.shape[1], x.shape[2], x.shape[3]
-    n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    n_out, oh = out.shape[1], out.shape[2]
     blocks, kh, kw = weights.shape[0], weights.shape[2], weights.shape[3]
-    masks = np.zeros((kw, 2), dtype=np.int64)  # per kernel column: lanes inside the image
-    for kx in range(kw):
-        dx = kx - pad_w
-        for v in range(vectors):
-            masks[kx, v] = _lanes(-dx, w - dx, v)
-    out_mask0, out_mask1 = _lanes(0, ow, 0), _lanes(0, ow, 1)
+    plane, out_plane = h * w, oh * w
     flat_x, flat_w = x.reshape(x.size), weights.reshape(weights.size)
     flat_out, flat_res = out.reshape(out.size), res.reshape(res.size)
-    acc = _stack_floats(256)  # OUT_BLOCK * BLOCK * 2 floats, a literal
+    acc = _stack_floats(256)  # OUT_BLOCK * PAIR floats, a literal
     per_block = channels * kh * kw * OUT_BLOCK
     for item in range(first, last):
         img, blk = item // blocks, item % blocks
-        for y in range(oh):
-            _fill(acc, bias, blk * OUT_BLOCK, vectors)
-            for c in range(channels):
-                for ky in range(kh):
-                    iy = y + ky - pad_h
-                    if iy < 0 or iy >= h:
-                        continue
-                    row = ((img * channels + c) * h + iy) * w
-                    for kx in range(kw):
-                        _tap(acc, flat_w, blk * per_block + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
-                             flat_x, row + kx - pad_w, masks[kx, 0], masks[kx, 1], vectors)
-            _store(acc, flat_out, ((img * n_out + blk * OUT_BLOCK) * oh + y) * ow, oh * ow,
-                   min(OUT_BLOCK, n_out - blk * OUT_BLOCK), out_mask0, out_mask1, relu,
-                   flat_res, add, vectors)
+        w_at = blk * per_block
+        for v in range(0, masks.shape[0], 2):
+            _fill(acc, bias, blk * OUT_BLOCK, 2)
+            for ky in range(kh):
+                for kx in range(kw):
+                    m0, m1 = masks[v, ky, kx], masks[v + 1, ky, kx]
+                    if m0 == 0 and m1 == 0:
+                        continue  # the whole tap falls in the padding
+                    shift = v * BLOCK + (ky - pad_h) * w + kx - pad_w
+                    for c in range(channels):
+                        _tap(acc, flat_w, w_at + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
+                             flat_x, (img * channels + c) * plane + shift, m0, m1, 2)
+            _store(acc, flat_out, (img * n_out + blk * OUT_BLOCK) * out_plane + v * BLOCK,
+                   out_plane, min(OUT_BLOCK, n_out - blk * OUT_BLOCK), masks[v, kh, 0],
+                   masks[v + 1, kh, 0], relu, flat_res, add, 2)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _direct_conv(x, weights, bias, pad_h, pad_w, relu, res, add, out,
+def _direct_conv(x, weights, bias, pad_h, pad_w, relu, res, add, out, masks,
                  chunks):  # pragma: no cover - compiled
     # (image, output block) items in ``chunks`` contiguous ranges, one per thread.
     items = x.shape[0] * weights.shape[0]
     for t in numba.prange(chunks):
-        first, last = t * items // chunks, (t + 1) * items // chunks
-        if out.shape[3] > BLOCK:
-            _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last, 2)
-        else:
-            _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, first, last, 1)
+        _conv_items(x, weights, bias, pad_h, pad_w, relu, res, add, out, masks,
+                    t * items // chunks, (t + 1) * items // chunks)
 
 
 def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_channels: int,
@@ -240,7 +247,7 @@ def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_chan
                   relu: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
     """A stride-1 2-D convolution of ``x`` (N, C, H, W) with the weight ``pack_direct`` made,
     plus its bias, plus ``residual`` (shaped as the output) if given, then ReLU with ``relu``:
-    (N, out_channels, OH, OW) float32, zero padding. OW must be at most ``MAX_WIDTH``."""
+    (N, out_channels, OH, W) float32, zero padding that keeps the width."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     weights, bias = packed
     n, channels, h, w = x.shape
@@ -248,15 +255,20 @@ def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_chan
         raise ValueError(f"expected {weights.shape[1]} input channels, got {channels}")
     kh, kw = kernel_size
     oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
-    if not direct_supported(ow, (1, 1), (1, 1), 1) or oh < 1:
-        raise ValueError(f"direct_conv2d needs 1 to {MAX_WIDTH} output columns, got {ow}")
+    if not direct_supported(kernel_size, padding, (1, 1), (1, 1), 1) or oh < 1:
+        raise ValueError(f"direct_conv2d needs a padding that keeps the width (2 x padding = "
+                         f"kernel width - 1) and at least one output row; got kernel "
+                         f"{tuple(kernel_size)}, padding {tuple(padding)}, input {h} x {w}")
     out = np.empty((n, out_channels, oh, ow), dtype=np.float32)
     if residual is not None:
         residual = np.ascontiguousarray(residual, dtype=np.float32)
         if residual.shape != out.shape:
             raise ValueError(f"residual of shape {residual.shape} does not match the output's "
                              f"{out.shape}")
+    vectors = -(-oh * ow // PAIR) * 2  # flat output vectors, in pairs
+    masks = _tap_masks(h, w, oh, padding[0], padding[1], kh, kw, vectors)
     chunks = max(1, min(numba.get_num_threads(), n * weights.shape[0]))
     _direct_conv(x, weights, bias, padding[0], padding[1], bool(relu),
-                 out if residual is None else residual, residual is not None, out, chunks)
+                 out if residual is None else residual, residual is not None, out, masks,
+                 chunks)
     return out

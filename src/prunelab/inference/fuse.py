@@ -58,9 +58,9 @@ def direct_fits(conv: nn.Conv2d | FusedConv2d, x: torch.Tensor) -> bool:
     if x.dim() != 4 or x.shape[0] == 0 or x.dtype != torch.float32 or isinstance(
             conv.padding, str) or getattr(conv, "padding_mode", "zeros") != "zeros":
         return False
-    width = (x.shape[-1] + 2 * conv.padding[1] - conv.dilation[1]
-             * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1
-    return direct_supported(width, conv.stride, conv.dilation, conv.groups)
+    rows = x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1)
+    return rows >= 1 and direct_supported(conv.kernel_size, conv.padding, conv.stride,
+                                          conv.dilation, conv.groups)
 
 
 def fold_batchnorm(conv: nn.Conv2d,
@@ -99,17 +99,20 @@ class FusedConv2d(nn.Module):
         self._packed = None
 
     def set_backend(self, backend: str) -> FusedConv2d:
-        """This module running on ``backend``; "direct" needs stride 1, dilation 1, groups 1."""
+        """This module running on ``backend``; "direct" needs stride 1, dilation 1, groups 1
+        and a padding that keeps the width."""
         if backend not in FUSED_BACKENDS:
             raise ValueError(f"unknown fused-conv backend {backend!r}; choose from "
                              f"{list(FUSED_BACKENDS)}")
         if backend == "direct":
             from prunelab.inference import direct_conv  # imports numba: only when used
 
-            if not direct_conv.direct_supported(1, self.stride, self.dilation, self.groups):
-                raise ValueError(f"the direct conv needs stride 1, dilation 1, groups 1; got "
-                                 f"stride {self.stride}, dilation {self.dilation}, groups "
-                                 f"{self.groups}")
+            if not direct_conv.direct_supported(self.kernel_size, self.padding, self.stride,
+                                                self.dilation, self.groups):
+                raise ValueError(f"the direct conv needs stride 1, dilation 1, groups 1 and a "
+                                 f"padding that keeps the width; got stride {self.stride}, "
+                                 f"dilation {self.dilation}, groups {self.groups}, kernel "
+                                 f"{self.kernel_size}, padding {self.padding}")
             self._packed = direct_conv.pack_direct(self.weight.numpy(), self.bias.numpy())
         if backend == "csr-numba":
             from prunelab.inference.kernels import pack_conv
