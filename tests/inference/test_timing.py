@@ -106,3 +106,25 @@ def test_run_bench_writes_csv_and_report_section(tmp_path):
     section = bench_section(tmp_path)
     assert section.startswith("## Inference speed") and "| unit" in section
     assert bench_section(tmp_path / "elsewhere") == ""
+
+
+def test_auto_running_a_dense_runtimes_own_module_gets_that_runtimes_time():
+    from torch import nn
+
+    from prunelab.study import speed
+
+    net = _net()
+    unpruned = speed.Subject(net, apply_weights(net, prune(net, "weight", 0.0)),
+                             torch.rand(4, 784))
+    pruned = speed.Subject(net, apply_weights(net, prune(net, "weight", 0.5)),
+                           torch.rand(4, 784))
+    assert unpruned.unpruned and not pruned.unpruned
+    assert unpruned.onnx_pruned is unpruned.onnx_dense  # k = 0: one session for both
+    dense, other = nn.Identity(), nn.Identity()
+    backends = ("dense", "onnx-dense", "auto", "masked")
+    built = {"dense": (dense, "", ""), "onnx-dense": (other, "", ""), "auto": (other, "", ""),
+             "masked": (nn.Identity(), "", "")}
+    assert speed._runs_as("auto", backends, built) == "onnx-dense"
+    assert speed._runs_as("masked", backends, built) is None
+    assert speed._same_runtime_same_time(backends, built, [3.0, 2.0, 2.1, 3.1]) == [
+        3.0, 2.0, 2.0, 3.1]
