@@ -143,3 +143,25 @@ def test_report_html_renders_in_headless_chromium(tmp_path, seeds):
         assert part.count(LEGEND) == 1, f"{name}: {part.count(LEGEND)} legends"
     assert ("weight &gt; unit" in dom) == (len(seeds) > 1)
     assert ("Paired comparisons" in dom) == (len(seeds) > 1)
+
+
+def test_a_benchmarked_run_has_its_speed_section_with_the_plot_inlined(tmp_path):
+    import torch
+
+    from prunelab.models.mlp import MLPConfig, build_mlp
+    from prunelab.report.speed import plot_bench
+    from prunelab.study.speed import BenchConfig, run_bench
+
+    run = write_fake_run(tmp_path / "run", seeds=(0,))
+    net = build_mlp(MLPConfig(hidden=(32,)), torch.Generator().manual_seed(0))
+    rows = run_bench(run, net, ("weight",), (0.9,), BenchConfig(
+        batch_sizes=(4,), backends=("auto",), warmup=1, repeats=1, budget_s=0.5))
+    plot_bench(rows, run / "plots")
+    page = write_html(summarize_run(run), run).read_text()
+    assert "<h2>Inference speed</h2>" in page
+    assert "<th>batch 4</th>" in page and "<td>weight</td>" in page
+    assert "<em>auto</em> compacts" in page and "weight k = 90, batch 4: " in page
+    assert re.search(r'<img alt="bench_speedup" [^>]*src="data:image/png;base64,iVBOR', page)
+    # without a benchmark, no section
+    bare = write_fake_run(tmp_path / "bare", seeds=(0,))
+    assert "Inference speed" not in write_html(summarize_run(bare), bare).read_text()

@@ -64,7 +64,7 @@ def bench(run_dir, methods, sparsities, batch_sizes, backends, repeats, check, d
     body, headers = speedup_table(rows, "auto")
     click.echo("speed-up vs dense, auto backend:")
     click.echo(tabulate(body, headers, tablefmt="github", disable_numparse=True))
-    click.echo("plans chosen by auto:\n" + "\n".join(plan_lines(rows)))
+    click.echo("plans chosen by auto:\n" + "\n".join(f"- {line}" for line in plan_lines(rows)))
     if (Path(run_dir) / "results.json").is_file():
         md, page = write_run_reports(run_dir)  # plots bench_speedup.png too
         click.echo(f"report: {md} and {page}")

@@ -1,5 +1,6 @@
 """``report.html``: one self-contained file with interactive charts (Vega-Lite via altair),
-the tables, the analysis, configuration and environment.
+the tables, the analysis, the inference-speed section when the run was benchmarked
+(``prunelab bench``: its tables, and its plot inlined as a PNG), configuration and environment.
 
 Everything is inlined, Vega/Vega-Lite/vega-embed included (from ``vl-convert``), so the file
 opens without network access. Click a legend entry to highlight a method; hover for values.
@@ -9,6 +10,7 @@ shown in its place, so a browser check (and a reader) can tell.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -19,6 +21,7 @@ import altair as alt
 import vl_convert
 
 from prunelab.files import atomic_write
+from prunelab.report.speed import bench_blocks
 from prunelab.report.summary import (
     analysis,
     comparisons_table,
@@ -150,7 +153,30 @@ def _table(table: tuple[list[str], list[list[str]]]) -> str:
 def _inline(markdown: str) -> str:
     text = html.escape(markdown.removeprefix("- "))
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _speed(run_dir: Path | None) -> str:
+    """The inference-speed section (``report.speed.bench_blocks``) as HTML; "" without a
+    benchmark. The plot is inlined (base64 PNG) so that the page stays one file."""
+    if run_dir is None:
+        return ""
+    parts = []
+    for kind, content in bench_blocks(run_dir):
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(content)}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline(content)}</p>")
+        elif kind == "table":
+            parts.append(_table((content[0], content[1])))
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in content) + "</ul>")
+        else:  # img
+            data = base64.b64encode((Path(run_dir) / content[1]).read_bytes()).decode()
+            parts.append(f'<img alt="{html.escape(content[0])}" style="max-width: 100%" '
+                         f'src="data:image/png;base64,{data}">')
+    return "\n".join(parts)
 
 
 def _script_json(obj: Any) -> str:
@@ -200,6 +226,7 @@ dense accuracy minus 1 point.</p>
 {comparisons}
 <h2>Analysis</h2>
 <ul>{analysis}</ul>
+{speed}
 <h2>Configuration</h2>
 <pre>{config}</pre>
 <h2>Environment</h2>
@@ -232,8 +259,10 @@ def _comparisons(summary: Summary) -> str:
             f"than two seeds are left out).</p>\n{_table(comparisons_table(summary))}")
 
 
-def render_html(summary: Summary, title: str | None = None) -> str:
-    """The complete, self-contained HTML page."""
+def render_html(summary: Summary, title: str | None = None,
+                run_dir: Path | None = None) -> str:
+    """The complete, self-contained HTML page (with ``run_dir``'s inference-speed section when
+    it holds a benchmark)."""
     specs = charts(summary)
     title = title or title_of(summary)
     environment = {**(summary.meta.get("environment") or {}), "altair": alt.__version__,
@@ -248,6 +277,7 @@ def render_html(summary: Summary, title: str | None = None) -> str:
         figures_table=_table(figures_table(summary)),
         comparisons=_comparisons(summary),
         analysis="".join(f"<li>{_inline(line)}</li>" for line in analysis(summary)),
+        speed=_speed(run_dir),
         config=html.escape(json.dumps(config, indent=2)),
         environment=html.escape(json.dumps(environment, indent=2)),
         specs=_script_json(specs),
@@ -257,5 +287,5 @@ def render_html(summary: Summary, title: str | None = None) -> str:
 def write_html(summary: Summary, run_dir: Path, title: str | None = None) -> Path:
     """Write ``report.html`` into ``run_dir`` atomically."""
     path = Path(run_dir) / REPORT_HTML
-    atomic_write(path, render_html(summary, title))
+    atomic_write(path, render_html(summary, title, run_dir))
     return path

@@ -1,7 +1,7 @@
 """The latency benchmark's plot and report section, read from ``bench.csv`` only.
 
 ``bench_section(run_dir)`` is the markdown that ``report.md`` gains when the run folder holds
-a ``bench.csv``; it is empty otherwise.
+a ``bench.csv``; it is empty otherwise. ``report.html`` renders the same ``bench_blocks``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from prunelab.study.runfolder import read_bench, read_bench_meta  # noqa: E402
 
 __all__ = [
-    "BENCH_PLOT", "bench_section", "plan_lines", "plot_bench", "speedup_table",
+    "BENCH_PLOT", "bench_blocks", "bench_section", "plan_lines", "plot_bench", "speedup_table",
 ]
 
 BENCH_PLOT = "bench_speedup"
@@ -44,8 +45,8 @@ def speedup_table(rows: list[dict[str, Any]], backend: str,
 
 
 def plan_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """One markdown bullet per (method, k, batch): the per-layer backends auto chose."""
-    return [f"- {r['method']} k = {r['sparsity_pct']:g}, batch {r['batch_size']}: "
+    """One line per (method, k, batch): the per-layer backends auto chose."""
+    return [f"{r['method']} k = {r['sparsity_pct']:g}, batch {r['batch_size']}: "
             f"{r['plan'].replace('/', ' / ')}" for r in rows if r["backend"] == "auto"]
 
 
@@ -66,6 +67,9 @@ def plot_bench(rows: list[dict[str, Any]], out_dir: Path) -> Path:
                             label=f"{method} {backend}")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set(title=f"batch {batch}", xlabel="sparsity k (%)", yscale="log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))  # 0.5x, 1x, 20x
+        ax.yaxis.set_minor_formatter(NullFormatter())
     axes[0][0].set_ylabel("speed-up vs dense (x)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
@@ -78,61 +82,85 @@ def plot_bench(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     return path
 
 
-def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
-    """Markdown for ``report.md`` from ``run_dir/bench.csv``; "" when there is none."""
+Block = tuple[str, Any]
+"""One piece of the section: ("h2" | "p", text), ("table", (headers, body)), ("ul", [items]),
+("img", (name, path relative to the run folder)); text in the report's markdown subset
+(``**bold**``, ``*italic*``, `` `code` ``)."""
+
+
+def bench_blocks(run_dir: Path, plot_dir: str = "plots") -> list[Block]:
+    """The "Inference speed" section from ``run_dir/bench.csv`` as blocks (rendered as
+    markdown by ``bench_section``, as HTML by ``report.html``); [] when there is none."""
     rows = read_bench(run_dir)
     if not rows:
-        return ""
+        return []
     meta = read_bench_meta(run_dir)
     env = meta.get("environment", {})
-    lines = [
-        "## Inference speed",
-        "",
-        "Whole-network forward latency, float32, median of repeats after warm-up, timed "
-        "round-robin with the dense model in the same run (`prunelab bench`). *auto* compacts "
-        "the pruned network and picks per layer the fastest of dense, torch CSR and prunelab's "
-        "numba CSR kernel by timing them (then ONNX Runtime on the compacted network if that "
-        "is faster still). Each speed-up is bounded by a physical ceiling: at batch 1 reading the "
-        "weights is the cost, so the *bytes limit* is the dense weights' bytes over those of "
-        "the smallest storage per layer (dense, or CSR: value + index per nonzero); at large "
-        "batches arithmetic is, and the *FLOP limit* is dense multiply-adds over live ones.",
-        "",
-        f"Threads: {env.get('torch_threads', '?')} on {env.get('cpu_count', '?')} cores "
-        f"({env.get('cpu', '?')}).",
-        "",
+    blocks: list[Block] = [
+        ("h2", "Inference speed"),
+        ("p", "Whole-network forward latency, float32, median of repeats after warm-up, timed "
+              "round-robin with the dense model in the same run (`prunelab bench`). *auto* "
+              "compacts the pruned network and picks per layer the fastest of dense, torch CSR "
+              "and prunelab's numba CSR kernel by timing them, or for a conv net fuses its convs "
+              "and picks per conv torch, prunelab's direct or sparse conv (then ONNX Runtime on "
+              "the compacted network if that is faster still). Each speed-up is bounded by a "
+              "physical ceiling: at batch 1 reading the weights is the cost, so the *bytes "
+              "limit* is the dense weights' bytes over those of the smallest storage per layer "
+              "(dense, or CSR: value + index per nonzero); at large batches arithmetic is, and "
+              "the *FLOP limit* is dense multiply-adds over live ones."),
+        ("p", f"Threads: {env.get('torch_threads', '?')} on {env.get('cpu_count', '?')} cores "
+              f"({env.get('cpu', '?')})."),
     ]
     if meta.get("load_warning"):
-        lines += [f"**Warning:** {meta['load_warning']}.", ""]
+        blocks.append(("p", f"**Warning:** {meta['load_warning']}."))
     best = [r for r in rows if r.get("speedup_vs_best_dense") is not None]
     if best and any(r["backend"] == "onnx-dense" for r in rows):
-        lines += ["Speed-ups against the **fastest dense runtime** measured (torch, ONNX "
-                  "Runtime, or for a conv net torch with prunelab's fused convs, on the "
-                  "unpruned model, whichever was faster at that batch size): what a user who "
-                  "runs the dense model as fast as it goes would gain.", ""]
+        blocks.append(("p", "Speed-ups against the **fastest dense runtime** measured (torch, "
+                            "ONNX Runtime, or for a conv net torch with prunelab's fused convs, "
+                            "on the unpruned model, whichever was faster at that batch size): "
+                            "what a user who runs the dense model as fast as it goes would "
+                            "gain."))
         for backend in ("auto", "onnx-compacted"):
             body, headers = speedup_table(best, backend, "speedup_vs_best_dense")
             if body:
-                lines += [f"**{backend}** vs the fastest dense runtime:", "",
-                          tabulate(body, headers, tablefmt="github", disable_numparse=True),
-                          ""]
+                blocks += [("p", f"**{backend}** vs the fastest dense runtime:"),
+                           ("table", (headers, body))]
         for runtime, label in (("onnx-dense", "ONNX Runtime"),
                                ("dense-kernels", "torch with prunelab's fused convs")):
             dense_rows = {(r["method"], r["sparsity_pct"], r["batch_size"]): r for r in rows
                           if r["backend"] == runtime}
             if dense_rows:
                 body, headers = speedup_table(list(dense_rows.values()), runtime)
-                lines += [f"{label} on the *unpruned* model vs torch on it (above 1: "
-                          f"{label} is the faster dense runtime):", "",
-                          tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+                blocks += [("p", f"{label} on the *unpruned* model vs torch on it (above 1: "
+                                 f"{label} is the faster dense runtime):"),
+                           ("table", (headers, body))]
     for backend in ("auto", "compacted", "sparse"):
         body, headers = speedup_table(rows, backend)
         if body:
-            lines += [f"Speed-up vs torch's dense model, **{backend}**:", "",
-                      tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+            blocks += [("p", f"Speed-up vs torch's dense model, **{backend}**:"),
+                       ("table", (headers, body))]
     plans = plan_lines(rows)
     if plans:
-        lines += ["Backends *auto* chose, per layer (*masked*: the pruned model as it is):", "",
-                  *plans, ""]
+        blocks += [("p", "Backends *auto* chose, per layer (*masked*: the pruned model as it "
+                         "is):"), ("ul", plans)]
     if (Path(run_dir) / plot_dir / f"{BENCH_PLOT}.png").is_file():
-        lines += [f"![{BENCH_PLOT}]({plot_dir}/{BENCH_PLOT}.png)", ""]
+        blocks.append(("img", (BENCH_PLOT, f"{plot_dir}/{BENCH_PLOT}.png")))
+    return blocks
+
+
+def bench_section(run_dir: Path, plot_dir: str = "plots") -> str:
+    """Markdown for ``report.md`` from ``run_dir/bench.csv``; "" when there is none."""
+    lines: list[str] = []
+    for kind, content in bench_blocks(run_dir, plot_dir):
+        if kind == "h2":
+            lines += [f"## {content}", ""]
+        elif kind == "p":
+            lines += [content, ""]
+        elif kind == "table":
+            headers, body = content
+            lines += [tabulate(body, headers, tablefmt="github", disable_numparse=True), ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in content] + [""]
+        else:  # img
+            lines += [f"![{content[0]}]({content[1]})", ""]
     return "\n".join(lines)
