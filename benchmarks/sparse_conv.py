@@ -6,6 +6,9 @@ size, as torch's dense conv and as ``prunelab.inference.sparse.SparseConv2d`` (p
 direct sparse convolution, ``kernels.sparse_conv2d``), round-robin in one process. Prints
 the speed-up of sparse over dense per layer and k, and the lowest k from which sparse wins for
 each layer (``auto_sparsify`` makes that choice per layer by timing, with a 10 % margin).
+A last column times the *dense* layer on prunelab's direct convolution
+(``inference.direct_conv``, output channels in blocks of 8) against torch's, where it applies
+(stride 1, a padding that keeps the width).
 
     python benchmarks/sparse_conv.py /work/runs/zoo/resnet --batch-size 256
 """
@@ -22,6 +25,7 @@ from tabulate import tabulate
 from torch import nn
 
 from prunelab.data import load_dataset
+from prunelab.inference.fuse import FusedConv2d, direct_fits
 from prunelab.inference.sparse import SparseConv2d
 from prunelab.inference.timing import time_calls
 from prunelab.pruning.magnitude import weight_pruning
@@ -75,11 +79,19 @@ def main() -> int:
             line.append(f"{ratio:.2f}x")
             if ratio >= 1.0 and crossover == "never":
                 crossover = f"{100 * k:g} %"
-        rows.append([*line, crossover])
+        direct = "n/a"
+        if direct_fits(conv, x):
+            fast = FusedConv2d(conv).set_backend("direct")
+            with torch.no_grad():
+                assert (fast(x) - conv(x)).abs().max() <= 1e-4 * conv(x).abs().max()
+                t = time_calls([lambda m=conv, x=x: m(x), lambda m=fast, x=x: m(x)], warmup=2,
+                               repeats=args.repeats, budget_s=10.0)
+            direct = f"{t[0] / t[1]:.2f}x"
+        rows.append([*line, crossover, direct])
         print(" | ".join(rows[-1]), flush=True)
     print()
     print(tabulate(rows, ["conv", "weight", "input", *[f"k={100 * k:g}%" for k in ks],
-                          "sparse wins from"], tablefmt="github"))
+                          "sparse wins from", "dense direct conv"], tablefmt="github"))
     return 0
 
 
