@@ -147,3 +147,24 @@ def test_adds_that_are_not_residuals_stay() -> None:
     x = torch.randn(2, 2, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x))
+
+
+def test_a_conv_or_batchnorm_called_twice_is_not_fused() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(self.bn(self.conv(x)))  # conv and bn used again below
+            b = self.bn(self.conv(a)) + self.bn(self.conv2(x))
+            return torch.relu(b)
+
+    x = torch.randn(4, 3, 6, 6)
+    net = _trained_like(Shared(), x)
+    fused, names = fuse_convs(net)
+    assert names == []  # conv2's BatchNorm is shared, and a bare add is no epilogue without it
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x))

@@ -35,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import collections
 import copy
 import operator
 
@@ -52,11 +53,14 @@ for weight-pruned convs; the epilogue then runs in torch)."""
 
 
 def direct_fits(conv: nn.Conv2d | FusedConv2d, x: torch.Tensor) -> bool:
-    """Whether the direct kernel runs ``conv`` (a Conv2d or a FusedConv2d) on ``x``."""
+    """Whether the direct kernel runs ``conv`` (a Conv2d or a FusedConv2d) on ``x``: a batch
+    of float32 images on the CPU, no gradient wanted (the kernel has no backward)."""
     from prunelab.inference.direct_conv import direct_supported
 
-    if x.dim() != 4 or x.shape[0] == 0 or x.dtype != torch.float32 or isinstance(
-            conv.padding, str) or getattr(conv, "padding_mode", "zeros") != "zeros":
+    tensor_ok = (x.dim() == 4 and x.shape[0] > 0 and x.dtype == torch.float32
+                 and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()))
+    if not tensor_ok or isinstance(conv.padding, str) or getattr(
+            conv, "padding_mode", "zeros") != "zeros":
         return False
     rows = x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1)
     return rows >= 1 and direct_supported(conv.kernel_size, conv.padding, conv.stride,
@@ -189,16 +193,21 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 
 def _fuse_graph(gm: fx.GraphModule, prefix: str) -> list[str]:
-    """Fuse the convs of ``gm`` in place; the qualified names of the fused modules."""
+    """Fuse the convs of ``gm`` in place; the qualified names of the fused modules. A module
+    called from more than one place (shared weights) is left alone: fusing one call would
+    change the others."""
     fused = []
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     for node in list(gm.graph.nodes):
         conv = _module(gm, node)
         if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(
-                conv.padding, str) or len(node.args) != 1 or node.kwargs:
+                conv.padding, str) or len(node.args) != 1 or node.kwargs or calls[
+                    node.target] != 1:
             continue
         chain, bn = [node], None
         user = _only_user(node)
-        if user is not None and isinstance(_module(gm, user), nn.BatchNorm2d):
+        if user is not None and isinstance(_module(gm, user), nn.BatchNorm2d) and calls[
+                user.target] == 1:
             module = _module(gm, user)
             if not module.training and module.running_mean is not None:
                 chain.append(user)
