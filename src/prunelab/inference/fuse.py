@@ -93,7 +93,9 @@ class FusedConv2d(nn.Module):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("fused convs need numeric zero padding")
-        self.weight, self.bias = fold_batchnorm(conv, bn)
+        weight, bias = fold_batchnorm(conv, bn)
+        self.register_buffer("weight", weight)  # buffers: moved by .to(), kept in state_dict
+        self.register_buffer("bias", bias)
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
