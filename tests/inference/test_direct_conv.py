@@ -62,6 +62,10 @@ def test_inputs_it_cannot_take_are_refused() -> None:
         direct_conv2d(np.ones((1, 2, 5, 5), dtype=np.float32), packed, 4, (3, 3), (1, 1))
     with pytest.raises(ValueError, match=r"keeps the width .* padding \(1, 0\), input 5 x 9"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (3, 3), (1, 0))
+    with pytest.raises(ValueError, match=r"kernel \(5, 5\) and 4 output channels do not match"):
+        direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (5, 5), (2, 2))
+    with pytest.raises(ValueError, match="9 output channels do not match"):
+        direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 9, (3, 3), (1, 1))
     with pytest.raises(ValueError, match="at least one output row"):
         direct_conv2d(np.ones((1, 3, 1, 9), dtype=np.float32), packed, 4, (3, 3), (0, 1))
     # a non-contiguous view is read correctly

@@ -253,6 +253,11 @@ def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_chan
     n, channels, h, w = x.shape
     if channels != weights.shape[1]:
         raise ValueError(f"expected {weights.shape[1]} input channels, got {channels}")
+    if tuple(kernel_size) != weights.shape[2:4] or not (
+            0 < out_channels <= weights.shape[0] * OUT_BLOCK < out_channels + OUT_BLOCK):
+        # the compiled kernel does not check its indices: a mismatch would read past arrays
+        raise ValueError(f"kernel {tuple(kernel_size)} and {out_channels} output channels do "
+                         f"not match the packed weights {weights.shape}")
     kh, kw = kernel_size
     oh, ow = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1
     if not direct_supported(kernel_size, padding, (1, 1), (1, 1), 1) or oh < 1:
