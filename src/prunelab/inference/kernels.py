@@ -773,3 +773,8 @@ def warm_up() -> None:
     for stride in (1, 2):
         sparse_conv2d(np.ones((1, 1, 3, 3), dtype=np.float32), pack_conv(np.ones((1, 1, 3, 3))),
                       np.zeros(1), 1, (3, 3), (stride, stride), (1, 1))
+    from prunelab.inference.direct_conv import direct_conv2d, pack_direct  # imports this module
+
+    for residual in (None, np.ones((1, 1, 3, 3), dtype=np.float32)):
+        direct_conv2d(np.ones((1, 1, 3, 3), dtype=np.float32), pack_direct(np.ones((1, 1, 3, 3))),
+                      1, (3, 3), (1, 1), relu=True, residual=residual)
