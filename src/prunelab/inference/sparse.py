@@ -36,7 +36,7 @@ from prunelab.inference.fuse import FusedConv2d, direct_fits, fuse_convs
 from prunelab.inference.layers import LAYER_BACKENDS, check_backend
 
 __all__ = ["DIRECT", "MARGIN", "SPARSE_BACKENDS", "SparseConv2d", "SparseLinear",
-           "auto_sparsify", "sparsify"]
+           "auto_sparsify", "kernel_variants", "sparsify"]
 
 SPARSE_BACKENDS = ("csr-numba", "csr-torch")
 DIRECT = "direct"
@@ -170,9 +170,26 @@ def auto_sparsify(model: nn.Module, example: torch.Tensor, batch: int,
     by ``MARGIN``.
 
     Layers interact (caches; torch's and numba's thread pools take turns), so the whole
-    network is then timed as planned, with every layer on prunelab's kernels where offered,
-    fused but all on torch, and as ``model`` is; the fastest is returned (never slower than
-    ``model`` as measured)."""
+    network is then timed in each of ``kernel_variants`` and the fastest is returned (never
+    slower than ``model`` as measured)."""
+    from prunelab.inference.timing import time_calls
+
+    variants, x = kernel_variants(model, example, batch, backend, min_zeros, repeats, direct)
+    times = time_calls([lambda m=m: m(x) for _, m in variants], warmup=1,
+                       repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
+    chosen, net = variants[min(range(len(variants)), key=times.__getitem__)]
+    return net, dict(chosen)
+
+
+@torch.no_grad()
+def kernel_variants(model: nn.Module, example: torch.Tensor, batch: int,
+                    backend: str = "csr-numba", min_zeros: float = 0.5, repeats: int = 5,
+                    direct: bool = True) -> tuple[list[tuple[dict[str, str], nn.Module]],
+                                                  torch.Tensor]:
+    """([(plan, network)], the batch they were planned on): ``model`` with each layer on the
+    fastest of torch and prunelab's kernels as timed alone (see ``auto_sparsify``), with every
+    layer on a kernel where one is offered, fused but all on torch, and (with ``direct``) as
+    given. ``auto_sparsify`` returns the fastest; a benchmark can time them all."""
     from prunelab.inference.timing import time_calls
 
     base = fuse_convs(model)[0] if direct else copy.deepcopy(model).eval()
@@ -217,12 +234,7 @@ def auto_sparsify(model: nn.Module, example: torch.Tensor, batch: int,
         variants.append((everywhere, _assemble(base, everywhere, offered)))
     if direct:
         variants.append(({}, copy.deepcopy(model).eval()))
-    if len(variants) == 1:
-        return base, plan
-    times = time_calls([lambda m=m: m(x) for _, m in variants], warmup=1,
-                       repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
-    chosen, net = variants[min(range(len(variants)), key=times.__getitem__)]
-    return net, dict(chosen)
+    return variants, x
 
 
 def _assemble(base: nn.Module, plan: dict[str, str],
