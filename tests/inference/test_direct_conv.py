@@ -11,7 +11,7 @@ from torch import nn
 
 from prunelab.inference.direct_conv import direct_conv2d, pack_direct
 from prunelab.inference.fuse import FusedConv2d
-from prunelab.inference.sparse import DIRECT, auto_sparsify, sparsify
+from prunelab.inference.sparse import DIRECT, auto_sparsify, kernel_variants, sparsify
 from prunelab.inference.structural import TOLERANCE, max_difference
 from prunelab.pruning import PruneContext, apply_weights, prune
 
@@ -106,6 +106,13 @@ def test_a_resnet_with_direct_convs_gives_the_masked_outputs() -> None:
                for m in fast.modules()) == len(convs) > 0
     with torch.no_grad():
         assert max_difference(fast(x), masked(x)) <= TOLERANCE
+    # every network auto weighs gives the masked outputs; the last is the model as given
+    variants, planned_on = kernel_variants(masked, x[:4], batch=32, repeats=2)
+    assert len(planned_on) == 32 and 3 <= len(variants) <= 4
+    assert not any(isinstance(m, FusedConv2d) for m in variants[-1][1].modules())
+    with torch.no_grad():
+        for _, variant in variants:
+            assert max_difference(variant(x), masked(x)) <= TOLERANCE
     # auto: whatever it picks per layer, the outputs stay the masked model's
     auto, plan = auto_sparsify(masked, x[:4], batch=32, repeats=3)
     assert set(plan.values()) <= {"csr-numba", DIRECT}
