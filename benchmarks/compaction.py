@@ -11,10 +11,9 @@ and their share of the MAC ratio (issue 12's goal: >= 0.8 at 50 %), and the comp
 prunelab's kernels where they win (``auto_sparsify``: convs fused with their BatchNorm, ReLU and
 residual add; the direct convolution, which blocks output channels by 8 where oneDNN blocks
 them by 16): each model as the fastest of the variants ``auto_sparsify`` weighs
-(``kernel_variants``,
-each timed in the round-robin), so that no unlucky choice for either model tilts the ratio;
-the speed-up is then taken between the faster of plain torch and torch with the kernels for
-each model.
+(``kernel_variants``, each timed in the round-robin), so that no lucky or unlucky choice for
+either model tilts the ratio; the speed-up is then taken between the faster of plain torch and
+torch with the kernels for each model.
 
     python benchmarks/compaction.py /work/runs/zoo/resnet /work/runs/zoo/vit
     python benchmarks/compaction.py --resnet-widths 16,32,64 --resnet-widths 32,64,128
@@ -110,14 +109,10 @@ def _profile_table(dense: dict[str, tuple[str, float]],
                     tablefmt="github")
 
 
-def _variant(variants: list, index: int) -> str:
-    """What ``kernel_variants``' variant ``index`` is: [planned, fused on torch, (every offered
-    kernel), as given]."""
-    names = ["as planned", "fused, all on torch", "every offered kernel", "as given"]
-    if len(variants) == 3:
-        names.remove("every offered kernel")
-    plan = ", ".join(f"{name} {backend}" for name, backend in variants[index][0].items())
-    return f"{names[index]} ({plan or 'no kernels'})"
+def _variant(label: str, plan: dict[str, str]) -> str:
+    """A ``kernel_variants`` variant in words: its label and its layers on the kernels."""
+    layers = ", ".join(f"{name} {backend}" for name, backend in plan.items())
+    return f"{label} ({layers or 'no kernels'})"
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -193,19 +188,19 @@ def main() -> int:
                 small_ort = _onnx(compacted, example, Path(tmp), f"{n}-{k}")
                 small_variants = kernel_variants(compacted, example, args.batch_size)[0]
                 with torch.no_grad():
-                    for _, variant in small_variants:
+                    for _, _, variant in small_variants:
                         diff = max(diff, max_difference(variant(test_x[:2000]),
                                                         masked(test_x[:2000])))
                     calls = [lambda m=m, x=x: m(x) for m in (dense, compacted)]
                     calls += [lambda s=s, x=x: run_onnx(s, x) for s in (dense_ort, small_ort)]
-                    calls += [lambda m=m, x=x: m(x) for _, m in (*dense_variants,
-                                                                 *small_variants)]
+                    calls += [lambda m=m, x=x: m(x) for _, _, m in (*dense_variants,
+                                                                    *small_variants)]
                     t = time_calls(calls, warmup=2, repeats=args.repeats, budget_s=30.0)
                 chosen = []
                 for start, variants in ((4, dense_variants), (4 + len(dense_variants),
                                                               small_variants)):
                     best = min(range(len(variants)), key=lambda i, s=start: t[s + i])
-                    chosen.append((t[start + best], _variant(variants, best)))
+                    chosen.append((t[start + best], _variant(*variants[best][:2])))
                 plans.append(f"{label}, k = {100 * k:g} %: fastest on the kernels, dense: "
                              f"{chosen[0][1]}; compacted: {chosen[1][1]}")
                 t = [*t[:4], chosen[0][0], chosen[1][0]]  # torch d/c, ORT d/c, kernels d/c

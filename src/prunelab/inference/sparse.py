@@ -40,7 +40,8 @@ __all__ = ["DIRECT", "MARGIN", "SPARSE_BACKENDS", "SparseConv2d", "SparseLinear"
 
 SPARSE_BACKENDS = ("csr-numba", "csr-torch")
 DIRECT = "direct"
-"""The plan entry of a conv run on ``DirectConv2d`` (dense arithmetic)."""
+"""The plan entry of a conv run on prunelab's dense direct convolution (a ``FusedConv2d`` on
+its "direct" backend)."""
 MARGIN = 1.1
 """A layer goes sparse only when that is at least 10 % faster (timing noise stays out)."""
 
@@ -175,21 +176,22 @@ def auto_sparsify(model: nn.Module, example: torch.Tensor, batch: int,
     from prunelab.inference.timing import time_calls
 
     variants, x = kernel_variants(model, example, batch, backend, min_zeros, repeats, direct)
-    times = time_calls([lambda m=m: m(x) for _, m in variants], warmup=1,
+    times = time_calls([lambda m=m: m(x) for _, _, m in variants], warmup=1,
                        repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
-    chosen, net = variants[min(range(len(variants)), key=times.__getitem__)]
+    _, chosen, net = variants[min(range(len(variants)), key=times.__getitem__)]
     return net, dict(chosen)
 
 
 @torch.no_grad()
 def kernel_variants(model: nn.Module, example: torch.Tensor, batch: int,
                     backend: str = "csr-numba", min_zeros: float = 0.5, repeats: int = 5,
-                    direct: bool = True) -> tuple[list[tuple[dict[str, str], nn.Module]],
+                    direct: bool = True) -> tuple[list[tuple[str, dict[str, str], nn.Module]],
                                                   torch.Tensor]:
-    """([(plan, network)], the batch they were planned on): ``model`` with each layer on the
-    fastest of torch and prunelab's kernels as timed alone (see ``auto_sparsify``), with every
-    layer on a kernel where one is offered, fused but all on torch, and (with ``direct``) as
-    given. ``auto_sparsify`` returns the fastest; a benchmark can time them all."""
+    """([(label, plan, network)], the batch they were planned on), each distinct network once:
+    "as planned" (each layer on the fastest of torch and prunelab's kernels as timed alone, see
+    ``auto_sparsify``), "every offered kernel", "fused, all on torch" and "as given" (the last
+    two one network without ``direct``). ``auto_sparsify`` returns the fastest; a benchmark can
+    time them all."""
     from prunelab.inference.timing import time_calls
 
     base = fuse_convs(model)[0] if direct else copy.deepcopy(model).eval()
@@ -229,11 +231,14 @@ def kernel_variants(model: nn.Module, example: torch.Tensor, batch: int,
         if times[best + 1] * MARGIN <= times[0]:
             plan[name] = options[best]
     everywhere = {n: plan.get(n, next(iter(twins))) for n, twins in offered.items()}
-    variants = [(plan, _assemble(base, plan, offered)), ({}, base)]
+    variants = [("fused, all on torch" if direct else "as given", {}, base)]
+    if plan:
+        variants.insert(0, ("as planned", plan, _assemble(base, plan, offered)))
     if everywhere != plan:
-        variants.append((everywhere, _assemble(base, everywhere, offered)))
+        variants.append(("every offered kernel", everywhere,
+                         _assemble(base, everywhere, offered)))
     if direct:
-        variants.append(({}, copy.deepcopy(model).eval()))
+        variants.append(("as given", {}, copy.deepcopy(model).eval()))
     return variants, x
 
 

@@ -155,9 +155,9 @@ residual add, and its layers on prunelab's sparse or direct kernels where that m
 (``inference.sparse.auto_sparsify``); ``dense-kernels`` does the same to the unpruned model
 (a conv net only: an MLP has nothing to fuse), so that it counts among the dense runtimes."""
 BATCH_DEPENDENT = frozenset({"auto", "sparse", "sparse-torch", "dense-kernels"})
+"""Backends whose module depends on the batch size (the others are built once)."""
 CONV_ONLY = frozenset({"dense-kernels"})
 """Backends left out for an MLP, where they would run the dense model as ``dense`` does."""
-"""Backends whose module depends on the batch size (the others are built once)."""
 ONNX_BACKENDS = frozenset({"onnx-dense", "onnx-compacted"})
 """Backends that need ONNX Runtime (the ``onnx`` extra); left out, with a warning, without."""
 BURST_MAX_BATCH = 1024
