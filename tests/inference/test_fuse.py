@@ -131,7 +131,8 @@ def test_the_sparse_backend_runs_a_pruned_fused_conv_with_its_epilogue() -> None
         FusedConv2d(nn.Conv2d(2, 2, 3, padding="same"))
 
 
-def test_adds_that_are_not_residuals_stay() -> None:
+@pytest.mark.parametrize("kind", ["alpha", "constant", "read twice"])
+def test_adds_that_are_not_residuals_stay(kind: str) -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -139,7 +140,11 @@ def test_adds_that_are_not_residuals_stay() -> None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
-            return torch.add(y, x, alpha=2.0) + operator.add(y, 1.0)  # read twice, with alpha
+            if kind == "alpha":  # the conv's only reader, but a scaled add
+                return torch.add(y, x, alpha=2.0)
+            if kind == "constant":  # the conv's only reader, but no tensor to add
+                return operator.add(y, 1.0)
+            return y + x + y  # a residual add, but the conv is read twice
 
     net = Odd().eval()
     fused, names = fuse_convs(net)
