@@ -1,5 +1,5 @@
 """The dense direct convolution (``inference.direct_conv``) against torch's conv, and its use
-inside a model (``DirectConv2d``, ``auto_sparsify``)."""
+inside a model (``FusedConv2d`` on its direct backend, ``auto_sparsify``)."""
 
 from __future__ import annotations
 

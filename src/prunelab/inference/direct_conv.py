@@ -96,8 +96,9 @@ def _masked(builder, name, args):
 def _tap(typingctx, acc, weights, w_at, x, x_at, mask0, mask1,
          vectors):  # pragma: no cover - compiled
     """``acc[o, v] += weights[w_at + o] * x[x_at + 16 v + lane]`` for o < OUT_BLOCK, ``vectors``
-    (a literal 1 or 2) 16-lane vectors and the lanes set in ``mask0`` / ``mask1`` (the others
-    read 0 and touch no memory: a tap's row shifted past the image border is zero padding)."""
+    (a literal; ``_conv_items`` uses 2) 16-lane vectors and the lanes set in ``mask0`` /
+    ``mask1`` (the others read 0 and touch no memory: a tap shifted past the image border is
+    zero padding)."""
     if not isinstance(vectors, types.IntegerLiteral):
         return None
     nv = vectors.literal_value
