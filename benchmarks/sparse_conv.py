@@ -8,7 +8,7 @@ the speed-up of sparse over dense per layer and k, and the lowest k from which s
 each layer (``auto_sparsify`` makes that choice per layer by timing, with a 10 % margin).
 A last column times the *dense* layer on prunelab's direct convolution
 (``inference.direct_conv``, output channels in blocks of 8) against torch's, where it applies
-(stride 1, a padding that keeps the width).
+(dilation 1, groups 1, a padding of (kernel width - 1) / 2 across; any stride).
 
     python benchmarks/sparse_conv.py /work/runs/zoo/resnet --batch-size 256
 """

@@ -19,38 +19,48 @@ from .test_structural import _inputs, _zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# (in, out, kernel, padding, height, width): output channels below, at and across blocks of 8
-# (1, 5, 8, 9, 17), planes of fewer positions than a vector, of one vector exactly, of an odd
-# number of vectors and of many, rows of 1 to 40 columns, square and oblong kernels, rows
-# padded less than, as much as and more than the kernel reaches
+# (in, out, kernel, padding, height, width[, stride]): output channels below, at and across
+# blocks of 8 (1, 5, 8, 9, 17), planes of fewer positions than a vector, of one vector exactly,
+# of an odd number of vectors and of many, rows of 1 to 40 columns, square and oblong kernels,
+# rows padded less than, as much as and more than the kernel reaches; strides of 2 (the
+# ResNet's downsampling convs and 1 x 1 shortcuts) on even and odd sizes, 3, and different
+# strides down and across
 CASES = [
     (3, 5, 3, 1, 9, 7), (16, 8, 3, 1, 28, 28), (8, 16, 3, 1, 14, 14), (2, 1, 1, 0, 4, 4),
     (4, 9, 5, 2, 6, 17), (5, 17, (1, 3), (0, 1), 3, 32), (3, 8, (3, 1), (1, 0), 5, 1),
     (2, 3, 3, (0, 1), 5, 40), (2, 4, 3, (3, 1), 4, 4), (1, 16, 3, 1, 28, 28),
     (32, 16, 3, 1, 7, 7), (7, 3, 3, 1, 2, 3),
+    (16, 16, 3, 1, 28, 28, 2), (16, 32, 1, 0, 28, 28, 2), (5, 9, 3, 1, 7, 7, 2),
+    (3, 4, 1, 0, 9, 11, 2), (4, 7, 5, 2, 11, 13, 3), (5, 7, 3, 1, 9, 8, (2, 1)),
+    (5, 7, 3, (0, 1), 9, 9, (1, 2)), (2, 3, 3, 1, 2, 70, 2), (3, 2, 3, 1, 1, 1, 2),
 ]
 
 
-def _reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, padding) -> np.ndarray:
+def _reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, padding,
+               stride=1) -> np.ndarray:
     with torch.no_grad():
         return F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
                         None if b is None else torch.from_numpy(b).double(),
-                        padding=padding).numpy()
+                        padding=padding, stride=stride).numpy()
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("relu", [False, True])
 def test_the_direct_conv_is_the_conv(case, relu: bool) -> None:
-    c_in, c_out, k, pad, h, w = case
+    c_in, c_out, k, pad, h, w, *stride = case
     k, pad = (k, k) if isinstance(k, int) else k, (pad, pad) if isinstance(pad, int) else pad
+    stride = stride[0] if stride else 1
+    stride = (stride, stride) if isinstance(stride, int) else stride
     gen = np.random.default_rng(c_in * 100 + c_out)
     x = gen.standard_normal((3, c_in, h, w)).astype(np.float32)
     weight = gen.standard_normal((c_out, c_in, *k)).astype(np.float32)
     bias = gen.standard_normal(c_out).astype(np.float32)
-    y = direct_conv2d(x, pack_direct(weight, bias), c_out, k, pad, relu=relu)
-    ref = _reference(x, weight, bias, pad)
+    ref = _reference(x, weight, bias, pad, stride)
+    residual = gen.standard_normal(ref.shape).astype(np.float32) if relu else None
+    y = direct_conv2d(x, pack_direct(weight, bias), c_out, k, pad, relu=relu,
+                      residual=residual, stride=stride)
     if relu:
-        ref = np.maximum(ref, 0.0)
+        ref = np.maximum(ref + residual, 0.0)
     assert y.shape == ref.shape and y.dtype == np.float32
     # float32 sums of at most 16 x 25 products against float64: a few ulps of their size
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
@@ -60,8 +70,12 @@ def test_inputs_it_cannot_take_are_refused() -> None:
     packed = pack_direct(np.ones((4, 3, 3, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="expected 3 input channels, got 2"):
         direct_conv2d(np.ones((1, 2, 5, 5), dtype=np.float32), packed, 4, (3, 3), (1, 1))
-    with pytest.raises(ValueError, match=r"keeps the width .* padding \(1, 0\), input 5 x 9"):
+    with pytest.raises(ValueError, match=r"kernel width - 1 across .* padding \(1, 0\), stride "
+                                         r"\(1, 1\), input 5 x 9"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (3, 3), (1, 0))
+    with pytest.raises(ValueError, match=r"strides >= 1.* stride \(0, 1\)"):
+        direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (3, 3), (1, 1),
+                      stride=(0, 1))
     with pytest.raises(ValueError, match=r"kernel \(5, 5\) and 4 output channels do not match"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (5, 5), (2, 2))
     with pytest.raises(ValueError, match="9 output channels do not match"):
@@ -89,8 +103,16 @@ def test_the_fused_module_runs_the_conv_and_falls_back_where_the_kernel_cannot()
             torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="expected 6 input channels, got 5"):
             fast(torch.randn(2, 5, 5, 5))
-    with pytest.raises(ValueError, match="stride 1, dilation 1, groups 1 and a padding"):
-        FusedConv2d(nn.Conv2d(6, 10, 3, stride=2)).set_backend(DIRECT)
+    with pytest.raises(ValueError, match=r"needs dilation 1, groups 1 and a padding across of "
+                                         r"\(kernel width - 1\) / 2; got stride \(2, 2\)"):
+        FusedConv2d(nn.Conv2d(6, 10, 3, stride=2)).set_backend(DIRECT)  # padding 0
+    with pytest.raises(ValueError, match="dilation 1"):
+        FusedConv2d(nn.Conv2d(6, 10, 3, padding=1, dilation=2)).set_backend(DIRECT)
+    strided = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    with torch.no_grad():
+        x = torch.randn(2, 6, 9, 12)
+        torch.testing.assert_close(FusedConv2d(strided).set_backend(DIRECT)(x), strided(x),
+                                   rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="runs convs, not a Linear"):
         sparsify(nn.Sequential(nn.Linear(3, 3)), {"0": DIRECT})
 
@@ -99,8 +121,7 @@ def test_a_resnet_with_direct_convs_gives_the_masked_outputs() -> None:
     x = _inputs(24, 33)
     net = _zoo("resnet", x)
     masked = apply_weights(net, prune(net, "unit", 0.5, context=PruneContext(example=x[:4])))
-    convs = [n for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)
-             and m.stride == (1, 1)]
+    convs = [n for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)]
     fast = sparsify(masked, dict.fromkeys(convs, DIRECT))
     assert sum(isinstance(m, FusedConv2d) and m.backend == DIRECT
                for m in fast.modules()) == len(convs) > 0

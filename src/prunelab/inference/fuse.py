@@ -105,8 +105,8 @@ class FusedConv2d(nn.Module):
         self._packed = None
 
     def set_backend(self, backend: str) -> FusedConv2d:
-        """This module running on ``backend``; "direct" needs stride 1, dilation 1, groups 1
-        and a padding that keeps the width."""
+        """This module running on ``backend``; "direct" needs dilation 1, groups 1 and a
+        padding across of (kernel width - 1) / 2 (``direct_conv.direct_supported``)."""
         if backend not in FUSED_BACKENDS:
             raise ValueError(f"unknown fused-conv backend {backend!r}; choose from "
                              f"{list(FUSED_BACKENDS)}")
@@ -115,8 +115,8 @@ class FusedConv2d(nn.Module):
 
             if not direct_conv.direct_supported(self.kernel_size, self.padding, self.stride,
                                                 self.dilation, self.groups):
-                raise ValueError(f"the direct conv needs stride 1, dilation 1, groups 1 and a "
-                                 f"padding that keeps the width; got stride {self.stride}, "
+                raise ValueError(f"the direct conv needs dilation 1, groups 1 and a padding "
+                                 f"across of (kernel width - 1) / 2; got stride {self.stride}, "
                                  f"dilation {self.dilation}, groups {self.groups}, kernel "
                                  f"{self.kernel_size}, padding {self.padding}")
             self._packed = direct_conv.pack_direct(self.weight.numpy(), self.bias.numpy())
@@ -139,13 +139,15 @@ class FusedConv2d(nn.Module):
             from prunelab.inference.direct_conv import direct_conv2d
 
             n, _, h, w = x.shape
-            out_shape = (n, self.out_channels, h + 2 * self.padding[0] - self.kernel_size[0] + 1,
-                         w + 2 * self.padding[1] - self.kernel_size[1] + 1)
+            out_shape = (n, self.out_channels,
+                         (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1,
+                         (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1)
             if residual is None or tuple(residual.shape) == out_shape:
                 return torch.from_numpy(direct_conv2d(
                     x.detach().numpy(), self._packed, self.out_channels, self.kernel_size,
                     self.padding, self.relu,
-                    None if residual is None else residual.detach().float().numpy()))
+                    None if residual is None else residual.detach().float().numpy(),
+                    self.stride))
         return self._epilogue(F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups), residual)
 

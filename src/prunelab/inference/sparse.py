@@ -13,7 +13,7 @@ prunelab's layer backends (``inference.layers``: ``csr-numba``, ``csr-torch``):
 A conv can also run *densely* on prunelab's direct convolution (``inference.direct_conv``, as
 a ``FusedConv2d`` on the "direct" backend): output channels in blocks of 8, so a conv that
 compaction left with 8 output channels costs half of one with 16, where torch's (oneDNN's)
-16-channel blocks charge both alike.
+16-channel blocks charge both alike; strided convs included (split into phases per image).
 
 ``auto_sparsify(model, example, batch)`` first fuses each conv with the BatchNorm, ReLU and
 residual add after it (``inference.fuse``), then chooses per layer, by timing each layer on the
