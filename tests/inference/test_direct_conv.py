@@ -76,7 +76,7 @@ def test_inputs_it_cannot_take_are_refused() -> None:
     with pytest.raises(ValueError, match=r"strides >= 1.* stride \(0, 1\)"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (3, 3), (1, 1),
                       stride=(0, 1))
-    with pytest.raises(ValueError, match=r"kernel \(5, 5\) and 4 output channels do not match"):
+    with pytest.raises(ValueError, match=r"kernel \(5, 5\) does not match the packed weights"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 4, (5, 5), (2, 2))
     with pytest.raises(ValueError, match="9 output channels do not match"):
         direct_conv2d(np.ones((1, 3, 5, 9), dtype=np.float32), packed, 9, (3, 3), (1, 1))
@@ -88,6 +88,47 @@ def test_inputs_it_cannot_take_are_refused() -> None:
     np.testing.assert_allclose(y, _reference(np.ascontiguousarray(x), np.ones((4, 3, 3, 3),
                                                                           np.float32), None,
                                              (1, 1)), rtol=1e-6)
+
+
+# (main conv: in, kernel, padding, height, width, stride; shortcut: in, kernel, padding,
+# height, width, stride): a ResNet's downsampling block (3 x 3 over the block's 14 x 14 middle,
+# 1 x 1 stride 2 over its 28 x 28 input) on even and odd sizes; a 3 x 3 shortcut; two strided
+@pytest.mark.parametrize("case", [
+    ((16, 3, 1, 14, 14, 1), (16, 1, 0, 28, 28, 2)), ((5, 3, 1, 4, 5, 1), (3, 1, 0, 7, 9, 2)),
+    ((4, 3, 1, 6, 6, 1), (2, 3, 1, 6, 6, 1)), ((3, 3, 1, 9, 9, 2), (2, 1, 0, 9, 9, 2)),
+])
+@pytest.mark.parametrize("out", [8, 13])
+def test_a_shortcut_conv_adds_into_the_same_accumulators(case, out: int) -> None:
+    (c1, k1, p1, h1, w1, s1), (c2, k2, p2, h2, w2, s2) = case
+    gen = np.random.default_rng(c1 + 10 * c2 + out)
+    x, x2 = (gen.standard_normal((2, c, h, w)).astype(np.float32)
+             for c, h, w in ((c1, h1, w1), (c2, h2, w2)))
+    w_main = gen.standard_normal((out, c1, k1, k1)).astype(np.float32)
+    w_short = gen.standard_normal((out, c2, k2, k2)).astype(np.float32)
+    b_main, b_short = gen.standard_normal((2, out)).astype(np.float32)
+    y = direct_conv2d(x, pack_direct(w_main, b_main), out, (k1, k1), (p1, p1), relu=True,
+                      stride=(s1, s1), shortcut=(x2, pack_direct(w_short, b_short), (k2, k2),
+                                                 (p2, p2), (s2, s2)))
+    ref = np.maximum(_reference(x, w_main, b_main, p1, s1)
+                     + _reference(x2, w_short, b_short, p2, s2), 0.0)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_a_shortcut_that_does_not_match_is_refused() -> None:
+    packed = pack_direct(np.ones((4, 3, 3, 3), dtype=np.float32))
+    x = np.ones((2, 3, 6, 6), dtype=np.float32)
+    one = pack_direct(np.ones((4, 2, 1, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shortcut: its output is not 6 x 6, the conv's"):
+        direct_conv2d(x, packed, 4, (3, 3), (1, 1),
+                      shortcut=(np.ones((2, 2, 12, 12), np.float32), one, (1, 1), (0, 0), (1, 1)))
+    with pytest.raises(ValueError, match="shortcut: expected 2 input channels, got 3"):
+        direct_conv2d(x, packed, 4, (3, 3), (1, 1), shortcut=(x, one, (1, 1), (0, 0), (1, 1)))
+    with pytest.raises(ValueError, match="shortcut: 1 images and weights"):
+        direct_conv2d(x, packed, 4, (3, 3), (1, 1),
+                      shortcut=(x[:1, :2], one, (1, 1), (0, 0), (1, 1)))
+    with pytest.raises(ValueError, match="a residual or a shortcut, not both"):
+        direct_conv2d(x, packed, 4, (3, 3), (1, 1), residual=np.ones((2, 4, 6, 6), np.float32),
+                      shortcut=(x[:, :2], one, (1, 1), (0, 0), (1, 1)))
 
 
 def test_the_fused_module_runs_the_conv_and_falls_back_where_the_kernel_cannot() -> None:

@@ -103,14 +103,63 @@ def test_zoo_models_fuse_and_keep_their_outputs(family: str) -> None:
     x = _inputs(24, 7)
     net = _zoo(family, x)
     fused, names = fuse_convs(net)
-    expected = {"lenet5": 2, "resnet": sum(isinstance(m, nn.Conv2d) for m in net.modules()),
-                "vit": 0}[family]  # every ResNet conv has a BatchNorm; the ViT's patch conv
-    assert len(names) == expected  # is followed by a reshape
+    # every ResNet conv has a BatchNorm, and each projection shortcut goes into the conv whose
+    # residual it is; the ViT's patch conv is followed by a reshape
+    projections = [n for n, m in net.named_modules()
+                   if isinstance(m, nn.Conv2d) and n.endswith("shortcut.0")]
+    expected = {"lenet5": 2, "vit": 0, "resnet": sum(
+        isinstance(m, nn.Conv2d) for m in net.modules()) - len(projections)}[family]
+    assert len(names) == expected
+    if family == "resnet":
+        assert projections
+        for name in projections:
+            owner = fused.get_submodule(name.replace("shortcut.0", "conv2"))
+            assert owner.residual and owner.shortcut.kernel_size == (1, 1)
     for m in fused.modules():
         if isinstance(m, FusedConv2d) and direct_fits(m, torch.zeros(1, 1, 28, 28)):
             m.set_backend("direct")
     with torch.no_grad():
         assert max_difference(fused(x), net(x)) <= TOLERANCE
+
+
+class Down(nn.Module):
+    """A downsampling block with a projection shortcut of the given kernel, stride 2."""
+
+    def __init__(self, shortcut_kernel: int, shortcut_padding: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1), nn.BatchNorm2d(5), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(5, 6, 3, 1, 1), nn.BatchNorm2d(6))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(3, 6, shortcut_kernel, 2, shortcut_padding, dilation), nn.BatchNorm2d(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+# a 1 x 1 projection (the ResNet's), a 3 x 3 one, and one the direct kernel does not take
+# (dilation 2: it then runs as its own module)
+@pytest.mark.parametrize("kernel,padding,dilation", [(1, 0, 1), (3, 1, 1), (1, 0, 2)])
+def test_a_projection_shortcut_is_absorbed_and_every_backend_pairing_gives_the_block(
+        kernel: int, padding: int, dilation: int) -> None:
+    x = torch.randn(4, 3, 11, 11)
+    block = _trained_like(Down(kernel, padding, dilation), x)
+    fused, names = fuse_convs(block)
+    assert names == ["conv1.0", "conv2.0"]  # the shortcut went into conv2
+    owner = fused.get_submodule("conv2.0")
+    assert owner.shortcut is not None and owner.shortcut.kernel_size == (kernel, kernel)
+    with torch.no_grad():
+        reference = block(x)
+        for backend in ("torch", "direct", "csr-numba"):
+            for shortcut_backend in ("torch", "direct"):
+                if shortcut_backend == "direct" and dilation == 2:
+                    continue
+                owner.shortcut.set_backend(shortcut_backend)
+                owner.set_backend(backend)
+                assert max_difference(fused(x), reference) <= TOLERANCE, (backend,
+                                                                          shortcut_backend)
+        assert (owner._packed_shortcut is None) == (dilation == 2)
+    with pytest.raises(ValueError, match="a shortcut goes into a fused conv that adds"):
+        fused.get_submodule("conv1.0").absorb(owner.shortcut)
 
 
 def test_the_sparse_backend_runs_a_pruned_fused_conv_with_its_epilogue() -> None:

@@ -24,6 +24,9 @@ shuffles), and only the phases some tap reads (one for a 1 x 1 conv). Measured a
 against torch's 1.43 ms, the 3 x 3 16 -> 16 stride-2 conv 1.46 against 1.61 ms; the 32 -> 64
 conv on a 7 x 7 output (77 % of the lanes) stays faster on torch, 2.03 against 2.58 ms.
 
+A second conv can add into the same accumulators (``shortcut``: a ResNet's projection
+shortcut, which then writes no output of its own for the block's last conv to read back).
+
 It covers dilation 1, groups 1, numeric zero padding of (kernel width - 1) / 2 across, and any
 strides (``direct_supported``). ``prunelab.inference.sparse.auto_sparsify`` times it against
 torch's conv per layer (``inference.fuse.FusedConv2d``) and uses it only where it measurably
@@ -287,103 +290,168 @@ def _split_phases(x, img, sy, sx, rows, cols, needed, phases):  # pragma: no cov
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, relu, res, add, out, masks, first,
-                last):  # pragma: no cover - compiled
-    # Work items first:last of (image, output block), in that order; one thread. For each
-    # pair of flat output vectors, every tap is two masked loads at one shift of a plane as
-    # wide as the output: the image itself at stride 1, else one of its strided sub-images
-    # (phases), split once per image into a buffer that stays in cache.
-    _wide_vectors()
-    channels, h = x.shape[1], x.shape[2]
-    n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    blocks, kh, kw = weights.shape[0], weights.shape[2], weights.shape[3]
-    strided = sy > 1 or sx > 1
-    rows = (h + sy - 1) // sy  # rows of a phase; its width is the output's (ow)
-    plane, out_plane = rows * ow, oh * ow
-    phases = np.empty(channels * sy * sx * plane if strided else 1, dtype=np.float32)
-    needed = np.zeros((sy, sx), dtype=np.bool_)  # the phases some tap reads
-    shifts = np.empty((kh, kw), dtype=np.int64)  # where each tap reads, from the plane's start
+def _geometry(x, kh, kw, pad_h, pad_w, sy, sx, ow, masks):  # pragma: no cover - compiled
+    # (rows and plane size of a phase, the phases some tap reads, each tap's shift from the
+    # plane's start) of a conv over ``x`` (N, C, H, W) with an output ``ow`` wide.
+    rows = (x.shape[2] + sy - 1) // sy
+    plane = rows * ow
+    needed = np.zeros((sy, sx), dtype=np.bool_)
+    shifts = np.empty((kh, kw), dtype=np.int64)
     for ky in range(kh):
         for kx in range(kw):
             dy, dx = ky - pad_h, kx - pad_w
             shifts[ky, kx] = ((dy % sy) * sx + dx % sx) * plane + (dy // sy) * ow + dx // sx
             if masks[:, ky, kx].any():
                 needed[dy % sy, dx % sx] = True
+    return rows, plane, needed, shifts
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _add_taps(acc, flat_w, w_at, src, base, cstep, masks, shifts, v,
+              channels):  # pragma: no cover - compiled
+    # Every tap of one conv into the accumulators of flat output vectors v, v + 1: two masked
+    # loads at the tap's shift of the input plane (or phase) per input channel.
+    kh, kw = shifts.shape
+    for ky in range(kh):
+        for kx in range(kw):
+            m0, m1 = masks[v, ky, kx], masks[v + 1, ky, kx]
+            if m0 == 0 and m1 == 0:
+                continue  # the whole tap falls in the padding
+            at = base + v * BLOCK + shifts[ky, kx]
+            for c in range(channels):
+                _tap(acc, flat_w, w_at + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
+                     src, at + c * cstep, m0, m1, 2)
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h, pad2_w,
+                sy2, sx2, masks2, two, relu, res, add, out, first,
+                last):  # pragma: no cover - compiled
+    # Work items first:last of (image, output block), in that order; one thread. For each
+    # pair of flat output vectors, every tap is two masked loads at one shift of a plane as
+    # wide as the output: the image itself at stride 1, else one of its strided sub-images
+    # (phases), split once per image into a buffer that stays in cache. With ``two``, a
+    # second conv (x2, weights2, ...: a shortcut) adds into the same accumulators.
+    _wide_vectors()
+    channels, channels2 = x.shape[1], x2.shape[1]
+    n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    blocks = weights.shape[0]
+    rows, plane, needed, shifts = _geometry(x, weights.shape[2], weights.shape[3], pad_h,
+                                            pad_w, sy, sx, ow, masks)
+    rows2, plane2, needed2, shifts2 = _geometry(x2, weights2.shape[2], weights2.shape[3],
+                                                pad2_h, pad2_w, sy2, sx2, ow, masks2)
+    strided, strided2 = sy > 1 or sx > 1, two and (sy2 > 1 or sx2 > 1)
+    phases = np.empty(channels * sy * sx * plane if strided else 1, dtype=np.float32)
+    phases2 = np.empty(channels2 * sy2 * sx2 * plane2 if strided2 else 1, dtype=np.float32)
     src = phases if strided else x.reshape(x.size)
-    flat_w = weights.reshape(weights.size)
+    src2 = phases2 if strided2 else x2.reshape(x2.size)
+    flat_w, flat_w2 = weights.reshape(weights.size), weights2.reshape(weights2.size)
     flat_out, flat_res = out.reshape(out.size), res.reshape(res.size)
     acc = _stack_floats(256)  # OUT_BLOCK * PAIR floats, a literal
-    per_block = channels * kh * kw * OUT_BLOCK
+    per_block = channels * weights.shape[2] * weights.shape[3] * OUT_BLOCK
+    per_block2 = channels2 * weights2.shape[2] * weights2.shape[3] * OUT_BLOCK
     split = -1
     for item in range(first, last):
         img, blk = item // blocks, item % blocks
-        if strided and img != split:
-            _split_phases(x, img, sy, sx, rows, ow, needed, phases)
+        if img != split:
+            if strided:
+                _split_phases(x, img, sy, sx, rows, ow, needed, phases)
+            if strided2:
+                _split_phases(x2, img, sy2, sx2, rows2, ow, needed2, phases2)
             split = img
         base = 0 if strided else img * channels * plane
-        w_at = blk * per_block
+        base2 = 0 if strided2 else img * channels2 * plane2
         for v in range(0, masks.shape[0], 2):
             _fill(acc, bias, blk * OUT_BLOCK, 2)
-            for ky in range(kh):
-                for kx in range(kw):
-                    m0, m1 = masks[v, ky, kx], masks[v + 1, ky, kx]
-                    if m0 == 0 and m1 == 0:
-                        continue  # the whole tap falls in the padding
-                    at = base + v * BLOCK + shifts[ky, kx]
-                    for c in range(channels):
-                        _tap(acc, flat_w, w_at + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
-                             src, at + c * sy * sx * plane, m0, m1, 2)
-            _store(acc, flat_out, (img * n_out + blk * OUT_BLOCK) * out_plane + v * BLOCK,
-                   out_plane, min(OUT_BLOCK, n_out - blk * OUT_BLOCK), masks[v, kh, 0],
-                   masks[v + 1, kh, 0], relu, flat_res, add, 2)
+            _add_taps(acc, flat_w, blk * per_block, src, base, sy * sx * plane, masks, shifts,
+                      v, channels)
+            if two:
+                _add_taps(acc, flat_w2, blk * per_block2, src2, base2, sy2 * sx2 * plane2,
+                          masks2, shifts2, v, channels2)
+            _store(acc, flat_out, (img * n_out + blk * OUT_BLOCK) * oh * ow + v * BLOCK,
+                   oh * ow, min(OUT_BLOCK, n_out - blk * OUT_BLOCK), masks[v, -1, 0],
+                   masks[v + 1, -1, 0], relu, flat_res, add, 2)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
-def _direct_conv(x, weights, bias, pad_h, pad_w, sy, sx, relu, res, add, out, masks,
+def _direct_conv(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h, pad2_w,
+                 sy2, sx2, masks2, two, relu, res, add, out,
                  chunks):  # pragma: no cover - compiled
     # (image, output block) items in ``chunks`` contiguous ranges, one per thread.
     items = x.shape[0] * weights.shape[0]
     for t in numba.prange(chunks):
-        _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, relu, res, add, out, masks,
+        _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h,
+                    pad2_w, sy2, sx2, masks2, two, relu, res, add, out,
                     t * items // chunks, (t + 1) * items // chunks)
+
+
+def _check_geometry(name: str, x: np.ndarray, weights: np.ndarray, kernel_size, padding,
+                    stride) -> tuple[int, int]:
+    """The output (rows, columns) of a conv of ``x`` with packed ``weights``, or a one-line
+    ValueError."""
+    n, channels, h, w = x.shape
+    if channels != weights.shape[1]:
+        raise ValueError(f"{name}expected {weights.shape[1]} input channels, got {channels}")
+    (kh, kw), (sy, sx) = kernel_size, stride
+    if not direct_supported(kernel_size, padding, stride, (1, 1), 1) or (
+            h + 2 * padding[0] < kh):
+        raise ValueError(f"{name}direct_conv2d needs strides >= 1, a padding with 2 x padding "
+                         f"= kernel width - 1 across and at least one output row; got kernel "
+                         f"{tuple(kernel_size)}, padding {tuple(padding)}, stride "
+                         f"{tuple(stride)}, input {h} x {w}")
+    if tuple(kernel_size) != weights.shape[2:4]:
+        raise ValueError(f"{name}kernel {tuple(kernel_size)} does not match the packed weights "
+                         f"{weights.shape}")
+    return (h + 2 * padding[0] - kh) // sy + 1, (w + 2 * padding[1] - kw) // sx + 1
 
 
 def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_channels: int,
                   kernel_size: tuple[int, int], padding: tuple[int, int],
                   relu: bool = False, residual: np.ndarray | None = None,
-                  stride: tuple[int, int] = (1, 1)) -> np.ndarray:
+                  stride: tuple[int, int] = (1, 1), shortcut: tuple | None = None) -> np.ndarray:
     """A 2-D convolution of ``x`` (N, C, H, W) with the weight ``pack_direct`` made, plus its
     bias, plus ``residual`` (shaped as the output) if given, then ReLU with ``relu``:
     (N, out_channels, OH, ceil(W / stride)) float32, zero padding with 2 x padding = kernel
-    width - 1 across (``direct_supported``)."""
+    width - 1 across (``direct_supported``).
+
+    ``shortcut`` = (x2, packed2, kernel_size2, padding2, stride2): a second conv with as many
+    output channels and the same output shape (a ResNet's projection shortcut), added into the
+    same accumulators instead of ``residual``: its output is never written out and read back."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     weights, bias = packed
-    n, channels, h, w = x.shape
-    if channels != weights.shape[1]:
-        raise ValueError(f"expected {weights.shape[1]} input channels, got {channels}")
-    if tuple(kernel_size) != weights.shape[2:4] or not (
-            0 < out_channels <= weights.shape[0] * OUT_BLOCK < out_channels + OUT_BLOCK):
+    if not 0 < out_channels <= weights.shape[0] * OUT_BLOCK < out_channels + OUT_BLOCK:
         # the compiled kernel does not check its indices: a mismatch would read past arrays
-        raise ValueError(f"kernel {tuple(kernel_size)} and {out_channels} output channels do "
-                         f"not match the packed weights {weights.shape}")
-    (kh, kw), (sy, sx) = kernel_size, stride
-    if not direct_supported(kernel_size, padding, stride, (1, 1), 1) or (
-            h + 2 * padding[0] < kh):
-        raise ValueError(f"direct_conv2d needs strides >= 1, a padding with 2 x padding = "
-                         f"kernel width - 1 across and at least one output row; got kernel "
-                         f"{tuple(kernel_size)}, padding {tuple(padding)}, stride "
-                         f"{tuple(stride)}, input {h} x {w}")
-    oh, ow = (h + 2 * padding[0] - kh) // sy + 1, (w + 2 * padding[1] - kw) // sx + 1
+        raise ValueError(f"{out_channels} output channels do not match the packed weights "
+                         f"{weights.shape}")
+    oh, ow = _check_geometry("", x, weights, kernel_size, padding, stride)
+    n = x.shape[0]
     out = np.empty((n, out_channels, oh, ow), dtype=np.float32)
     if residual is not None:
+        if shortcut is not None:
+            raise ValueError("give a residual or a shortcut, not both")
         residual = np.ascontiguousarray(residual, dtype=np.float32)
         if residual.shape != out.shape:
             raise ValueError(f"residual of shape {residual.shape} does not match the output's "
                              f"{out.shape}")
     vectors = -(-oh * ow // PAIR) * 2  # flat output vectors, in pairs
-    masks = _tap_masks(h, w, oh, ow, padding[0], padding[1], kh, kw, sy, sx, vectors)
+    kh, kw = kernel_size
+    masks = _tap_masks(x.shape[2], x.shape[3], oh, ow, padding[0], padding[1], kh, kw,
+                       stride[0], stride[1], vectors)
+    x2, weights2, padding2, stride2, masks2 = x, weights, padding, stride, masks
+    if shortcut is not None:
+        x2, (weights2, bias2), kernel2, padding2, stride2 = shortcut
+        x2 = np.ascontiguousarray(x2, dtype=np.float32)
+        if x2.shape[0] != n or weights2.shape[0] != weights.shape[0]:
+            raise ValueError(f"shortcut: {x2.shape[0]} images and weights {weights2.shape} "
+                             f"do not match {n} images and weights {weights.shape}")
+        if _check_geometry("shortcut: ", x2, weights2, kernel2, padding2, stride2) != (oh, ow):
+            raise ValueError(f"shortcut: its output is not {oh} x {ow}, the conv's")
+        bias = bias + bias2
+        masks2 = _tap_masks(x2.shape[2], x2.shape[3], oh, ow, padding2[0], padding2[1],
+                            *kernel2, stride2[0], stride2[1], vectors)
     chunks = max(1, min(numba.get_num_threads(), n * weights.shape[0]))
-    _direct_conv(x, weights, bias, padding[0], padding[1], sy, sx, bool(relu),
-                 out if residual is None else residual, residual is not None, out, masks,
-                 chunks)
+    _direct_conv(x, weights, bias, padding[0], padding[1], stride[0], stride[1], masks,
+                 x2, weights2, padding2[0], padding2[1], stride2[0], stride2[1], masks2,
+                 shortcut is not None, bool(relu), out if residual is None else residual,
+                 residual is not None, out, chunks)
     return out

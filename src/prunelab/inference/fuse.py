@@ -15,6 +15,13 @@ the same in a dense and a compacted model, so they also hide what compaction sav
 each into one ``FusedConv2d``. That module runs on torch (its conv, then the add and ReLU in
 place on the conv's fresh output) or on prunelab's direct convolution (``inference.direct_conv``)
 with the epilogue applied to the accumulators before they are stored (``backend``).
+
+Then a residual that is itself a fused conv with no epilogue of its own, read only there (a
+ResNet's projection shortcut: 1 x 1 conv, stride 2, BatchNorm), becomes part of the conv it
+feeds (``FusedConv2d.absorb``): on the direct backend both convs add into the same
+accumulators, so the shortcut's output is never written out and read back. Measured in the
+ResNet at batch 256 (2 threads, two profiles of one session): stage 2's conv with its shortcut
+took 5.0 ms dense and 2.8 ms compacted, against 4.4 + 1.6 and 2.5 + 1.3 ms as two convs.
 ``inference.sparse.auto_sparsify`` fuses first and then picks each fused conv's backend by
 timing it.
 
@@ -101,8 +108,20 @@ class FusedConv2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = conv.kernel_size
         self.relu, self.residual = relu, residual
+        self.shortcut: FusedConv2d | None = None  # see absorb
         self.backend = "torch"
-        self._packed = None
+        self._packed = self._packed_shortcut = None
+
+    def absorb(self, shortcut: FusedConv2d) -> FusedConv2d:
+        """This module computing its residual itself: ``forward(x, s)`` adds ``shortcut(s)``
+        (a fused conv with no ReLU or residual of its own, say a ResNet's 1 x 1 projection).
+        On the direct backend both convs add into the same accumulators, so the shortcut's
+        output is never written out and read back."""
+        if not self.residual or shortcut.relu or shortcut.residual or shortcut.shortcut:
+            raise ValueError("a shortcut goes into a fused conv that adds a residual, and has "
+                             "no ReLU, residual or shortcut of its own")
+        self.shortcut = shortcut
+        return self.set_backend(self.backend)
 
     def set_backend(self, backend: str) -> FusedConv2d:
         """This module running on ``backend``; "direct" needs dilation 1, groups 1 and a
@@ -120,6 +139,13 @@ class FusedConv2d(nn.Module):
                                  f"dilation {self.dilation}, groups {self.groups}, kernel "
                                  f"{self.kernel_size}, padding {self.padding}")
             self._packed = direct_conv.pack_direct(self.weight.numpy(), self.bias.numpy())
+            if self.shortcut is not None and direct_conv.direct_supported(
+                    self.shortcut.kernel_size, self.shortcut.padding, self.shortcut.stride,
+                    self.shortcut.dilation, self.shortcut.groups):
+                self._packed_shortcut = direct_conv.pack_direct(self.shortcut.weight.numpy(),
+                                                                self.shortcut.bias.numpy())
+            else:
+                self._packed_shortcut = None  # the shortcut runs as its own module
         if backend == "csr-numba":
             from prunelab.inference.kernels import pack_conv
 
@@ -128,6 +154,13 @@ class FusedConv2d(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.shortcut is not None:
+            if self.backend == "direct" and self._packed_shortcut is not None and direct_fits(
+                    self, x) and direct_fits(self.shortcut, residual):
+                y = self._direct(x, None, shortcut=residual)
+                if y is not None:
+                    return y
+            residual = self.shortcut(residual)
         if self.backend == "csr-numba":
             from prunelab.inference.kernels import sparse_conv2d
 
@@ -136,20 +169,38 @@ class FusedConv2d(nn.Module):
                 self.kernel_size, self.stride, self.padding, self.dilation))
             return self._epilogue(y, residual)
         if self.backend == "direct" and direct_fits(self, x):
-            from prunelab.inference.direct_conv import direct_conv2d
-
-            n, _, h, w = x.shape
-            out_shape = (n, self.out_channels,
-                         (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1,
-                         (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1)
-            if residual is None or tuple(residual.shape) == out_shape:
-                return torch.from_numpy(direct_conv2d(
-                    x.detach().numpy(), self._packed, self.out_channels, self.kernel_size,
-                    self.padding, self.relu,
-                    None if residual is None else residual.detach().float().numpy(),
-                    self.stride))
+            y = self._direct(x, residual)
+            if y is not None:
+                return y
         return self._epilogue(F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups), residual)
+
+    def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        n, _, h, w = x.shape
+        return (n, self.out_channels,
+                (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1,
+                (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1)
+
+    def _direct(self, x: torch.Tensor, residual: torch.Tensor | None,
+                shortcut: torch.Tensor | None = None) -> torch.Tensor | None:
+        """On the direct kernel, or None where a residual or shortcut output would need
+        broadcasting (then torch's add does it)."""
+        from prunelab.inference.direct_conv import direct_conv2d
+
+        out_shape = self._out_shape(x)
+        extra = None
+        if shortcut is not None:
+            if self.shortcut._out_shape(shortcut) != out_shape:
+                return None
+            s = self.shortcut
+            extra = (shortcut.detach().numpy(), self._packed_shortcut, s.kernel_size, s.padding,
+                     s.stride)
+        if residual is not None and tuple(residual.shape) != out_shape:
+            return None
+        return torch.from_numpy(direct_conv2d(
+            x.detach().numpy(), self._packed, self.out_channels, self.kernel_size, self.padding,
+            self.relu, None if residual is None else residual.detach().float().numpy(),
+            self.stride, extra))
 
     def _epilogue(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         # in place on y, the conv's fresh output
@@ -239,6 +290,19 @@ def _fuse_graph(gm: fx.GraphModule, prefix: str) -> list[str]:
         for dead in reversed(chain):  # each has no users once the one after it is gone
             gm.graph.erase_node(dead)
         fused.append(f"{prefix}{name}")
+    for node in list(gm.graph.nodes):  # projection shortcuts into the convs they feed
+        owner = _module(gm, node)
+        if not isinstance(owner, FusedConv2d) or not owner.residual or len(node.args) != 2:
+            continue
+        source = node.args[1]
+        shortcut = _module(gm, source) if isinstance(source, fx.Node) else None
+        if (isinstance(shortcut, FusedConv2d) and not (shortcut.relu or shortcut.residual)
+                and len(source.args) == 1 and _only_user(source) is node
+                and calls[source.target] == 1):
+            owner.absorb(shortcut)
+            node.args = (node.args[0], source.args[0])
+            gm.graph.erase_node(source)
+            fused.remove(f"{prefix}{source.target}")
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
