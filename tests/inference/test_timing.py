@@ -128,3 +128,24 @@ def test_auto_running_a_dense_runtimes_own_module_gets_that_runtimes_time():
     assert speed._runs_as("masked", backends, built) is None
     assert speed._same_runtime_same_time(backends, built, [3.0, 2.0, 2.1, 3.1]) == [
         3.0, 2.0, 2.0, 3.1]
+
+
+def test_auto_where_pruning_changed_nothing_settles_on_the_fastest_dense_runtime():
+    from torch import nn
+
+    from prunelab.study import speed
+
+    dense, onnx, kernels, own = nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
+    backends = ("dense", "dense-kernels", "onnx-dense", "auto")
+    built = {"dense": (dense, "unpruned model", ""), "dense-kernels": (kernels, "fused", ""),
+             "onnx-dense": (onnx, "ONNX Runtime", ""), "auto": (onnx, "ONNX Runtime", 1e-7)}
+    # auto's own timing picked ONNX Runtime; this one measured torch faster: auto runs torch
+    assert speed._auto_settles_on_fastest_dense(backends, built, [2.0, 2.5, 2.4, 2.4]) == [
+        2.0, 2.5, 2.4, 2.0]
+    assert built["auto"] == (dense, "unpruned model", 1e-7)  # its output check is kept
+    assert speed._runs_as("auto", backends, built) == "dense"
+    # its own pick measured faster than every dense runtime: it stays
+    built["auto"] = (own, "csr-numba", 0.0)
+    assert speed._auto_settles_on_fastest_dense(backends, built, [2.0, 2.5, 2.4, 1.5]) == [
+        2.0, 2.5, 2.4, 1.5]
+    assert built["auto"] == (own, "csr-numba", 0.0)
