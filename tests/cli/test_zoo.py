@@ -66,8 +66,12 @@ def test_each_family_trains_sweeps_and_reports(family, tiny_data_dir, tmp_path):
     assert "ONNX Runtime agrees with torch within" in result.output
     assert "channels" in result.output
     net = load_model(tmp_path / "c.safetensors")
-    _, masked = pruned_from_run(out, "unit-act-refit", 0.5, load_dataset(
-        "fashion-mnist", tiny_data_dir))
+    data = load_dataset("fashion-mnist", tiny_data_dir)
+    _, masked = pruned_from_run(out, "unit-act-refit", 0.5, data)
+    # k = 0 is the dense model, as in the sweep's row (a damped refit would move its weights)
+    dense, at_zero = pruned_from_run(out, "unit-act-refit", 0.0, data)
+    assert at_zero is not dense and at_zero.state_dict().keys() == dense.state_dict().keys()
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in at_zero.state_dict().items())
     x = torch.rand(20, 784)
     with torch.no_grad():
         assert max_difference(net(x), masked(x)) <= TOLERANCE

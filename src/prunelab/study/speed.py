@@ -33,12 +33,17 @@ from prunelab.inference.structural import compact_graph
 from prunelab.inference.timing import auto_backend, check_batch_size, load_warning, time_calls
 from prunelab.models.base import IMAGE_SHAPE
 from prunelab.models.mlp import MLP, linear_layers
-from prunelab.pruning import METHODS, apply_weights, check_sparsity, prune
-from prunelab.pruning.batchnorm import recalibrate_batchnorm
+from prunelab.pruning import METHODS, check_sparsity
 from prunelab.pruning.sparsity import measure_sparsity
 from prunelab.pruning.targets import prunable_modules
 from prunelab.study.runfolder import BENCH_CSV, environment_info, load_run, write_bench
-from prunelab.study.sweep import SweepConfig, bn_inputs_for, bn_recalibrates, prune_contexts
+from prunelab.study.sweep import (
+    SweepConfig,
+    bn_inputs_for,
+    bn_recalibrates,
+    prune_contexts,
+    pruned_model,
+)
 
 __all__ = [
     "DENSE_RUNTIMES",
@@ -389,11 +394,9 @@ def run_bench(run_dir: Path, model: nn.Module, methods: tuple[str, ...],
     rows: list[dict[str, Any]] = []
     for method in methods:
         for sparsity in sparsities:
-            pruned = apply_weights(model, prune(model, method, sparsity,
-                                                context=contexts[method]))
-            if sparsity > 0 and bn_recalibrates(model, SweepConfig()):  # as the sweep does
-                pruned = recalibrate_batchnorm(pruned, bn_inputs_for(model, data, SweepConfig(),
-                                                                     config.seed))
+            bn_inputs = (bn_inputs_for(model, data, SweepConfig(), config.seed)
+                         if sparsity > 0 and bn_recalibrates(model, SweepConfig()) else None)
+            pruned = pruned_model(model, method, sparsity, None, contexts[method], bn_inputs)
             for row in bench_pruned(model, pruned, config, check_x):
                 row = {"method": method, "sparsity_pct": round(100 * sparsity, 6), **row}
                 rows.append(row)
@@ -421,10 +424,8 @@ def pruned_from_run(run_dir: Path, method: str, sparsity: float, data: Dataset |
         data = data or load_dataset(run.config.dataset)
     seed = run.config.train.seed if seed is None else seed
     context = prune_contexts(data, (method,), seed, calibration_size)[method]
-    pruned = apply_weights(run.model, prune(run.model, method, sparsity, context=context))
-    if recalibrate:  # as the sweep does: BatchNorm statistics of the pruned network
-        pruned = recalibrate_batchnorm(pruned, bn_inputs_for(run.model, data, config, seed))
-    return run.model, pruned
+    bn_inputs = bn_inputs_for(run.model, data, config, seed) if recalibrate else None
+    return run.model, pruned_model(run.model, method, sparsity, None, context, bn_inputs)
 
 
 def bench_run_folder(run_dir: Path, methods: tuple[str, ...], sparsities: tuple[float, ...],
