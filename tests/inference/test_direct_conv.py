@@ -66,6 +66,47 @@ def test_the_direct_conv_is_the_conv(case, relu: bool) -> None:
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+# (in, out, kernel, padding, height, width, stride, images): small planes run several images
+# per work item as one flat output (7 x 7: 7 images, 14 x 14: 4, 5 x 4: 8), the last group
+# short (10 images), a 7 x 7 output of a stride-2 conv, a plane too small to share (3 x 3)
+@pytest.mark.parametrize("case", [
+    (6, 9, 3, 1, 7, 7, 1, 10), (5, 16, 3, 1, 14, 14, 1, 6), (4, 8, 3, 1, 5, 4, 1, 10),
+    (3, 5, 3, 1, 14, 14, 2, 9), (3, 5, 1, 0, 14, 13, 2, 10), (2, 3, 3, 1, 3, 3, 1, 5),
+    (3, 4, 3, 1, 7, 7, 1, 1),
+])
+def test_several_images_share_a_flat_output(case) -> None:
+    c_in, c_out, k, pad, h, w, stride, n = case
+    gen = np.random.default_rng(n * 10 + h)
+    x = gen.standard_normal((n, c_in, h, w)).astype(np.float32)
+    weight = gen.standard_normal((c_out, c_in, k, k)).astype(np.float32)
+    bias = gen.standard_normal(c_out).astype(np.float32)
+    ref = _reference(x, weight, bias, pad, stride)
+    residual = gen.standard_normal(ref.shape).astype(np.float32)
+    y = direct_conv2d(x, pack_direct(weight, bias), c_out, (k, k), (pad, pad), relu=True,
+                      residual=residual, stride=(stride, stride))
+    ref = np.maximum(ref + residual, 0.0)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    # and with a 1 x 1 stride-2 shortcut from a plane twice as large
+    x2 = gen.standard_normal((n, 2, 2 * ref.shape[2], 2 * ref.shape[3])).astype(np.float32)
+    w2 = gen.standard_normal((c_out, 2, 1, 1)).astype(np.float32)
+    y = direct_conv2d(x, pack_direct(weight, bias), c_out, (k, k), (pad, pad), relu=False,
+                      stride=(stride, stride),
+                      shortcut=(x2, pack_direct(w2), (1, 1), (0, 0), (2, 2)))
+    np.testing.assert_allclose(y, _reference(x, weight, bias, pad, stride)
+                               + _reference(x2, w2, None, 0, 2), rtol=0,
+                               atol=2e-5 * np.abs(ref).max())
+
+
+def test_images_per_item_fill_the_vector_pairs() -> None:
+    from prunelab.inference.direct_conv import _images_per_item
+
+    assert _images_per_item(28 * 28, 256) == 1  # 784 of 800 lanes alone
+    assert _images_per_item(14 * 14, 256) == 4  # 784 of 800 lanes, not 196 of 224
+    assert _images_per_item(7 * 7, 256) == 7  # 343 of 352, not 49 of 64
+    assert _images_per_item(7 * 7, 3) == 3  # no more than the batch: 147 of 160
+    assert _images_per_item(3 * 3, 256) == 1  # a plane smaller than a vector
+
+
 def test_inputs_it_cannot_take_are_refused() -> None:
     packed = pack_direct(np.ones((4, 3, 3, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="expected 3 input channels, got 2"):

@@ -11,8 +11,13 @@ positions, so a tap is two masked vector loads (lanes whose tap falls outside th
 zero and touch no memory: the zero padding, with no padded copy) and 16 multiply-adds with 8
 broadcast weights. The epilogue (bias, i.e. folded BatchNorm; a residual add; ReLU) is applied
 to the accumulators before they are stored. The cost scales with ceil(out / 8) x in channels
-and with the plane's positions, whatever its width: 28 x 28, 14 x 14 and 7 x 7 planes fill
-98 %, 94 % and 77 % of the lanes.
+and with the plane's positions, whatever its width: a 28 x 28 plane fills 784 of 800 lanes.
+A 14 x 14 plane alone would fill 196 of 224 and a 7 x 7 one 49 of 64, so small planes run
+several images per work item as one flat output (``_images_per_item``: 4 x 196 in 800
+lanes, 7 x 49 in 352); a vector that runs from one image into the next takes two masked loads
+per tap, one per image, and two masked stores. Measured (batch 256, 2 threads, a 64 -> 64
+conv on 7 x 7): 3.62 against 3.84 ms one image per item; 32 -> 64 on 7 x 7 1.76 against
+2.04 ms; 32 -> 32 on 14 x 14 3.37 against 3.49 ms.
 
 A strided conv (a ResNet's downsampling 3 x 3 and 1 x 1 shortcut convs, stride 2) reads every
 other row and column, which vector loads cannot pick out. Each image is first split into its
@@ -22,7 +27,7 @@ shift, as at stride 1. A stride-2 row is split 32 floats at a time (two masked l
 shuffles), and only the phases some tap reads (one for a 1 x 1 conv). Measured at batch 256,
 2 threads (``benchmarks/compaction.py``'s ResNet): the 16 -> 32-channel 1 x 1 shortcut 0.67
 against torch's 1.43 ms, the 3 x 3 16 -> 16 stride-2 conv 1.46 against 1.61 ms; the 32 -> 64
-conv on a 7 x 7 output (77 % of the lanes) stays faster on torch, 2.03 against 2.58 ms.
+stride-2 conv onto 7 x 7 stays faster on torch (1.89 against 2.46 ms, images grouped).
 
 A second conv can add into the same accumulators (``shortcut``: a ResNet's projection
 shortcut, which then writes no output of its own for the block's last conv to read back).
@@ -157,39 +162,75 @@ def _fill(typingctx, acc, bias, at, vectors):  # pragma: no cover - compiled
 
 
 @intrinsic
-def _store(typingctx, acc, out, at, stride, count, mask0, mask1, relu, res, add,
-           vectors):  # pragma: no cover - compiled
-    """Accumulator row o (o < ``count``) to ``out[at + o * stride + lane]`` for the lanes set in
-    ``mask0`` / ``mask1`` (the output row's columns); with ``add``, plus ``res`` at the same
-    place (a residual); then with ``relu`` max(0, .)."""
-    if not isinstance(vectors, types.IntegerLiteral):
-        return None
-    nv = vectors.literal_value
+def _tap_seg(typingctx, acc, weights, w_at, x, a0, b0, a1, b1, ma0, mb0, ma1,
+             mb1):  # pragma: no cover - compiled
+    """``_tap`` over two vectors whose lanes may come from two images: vector k reads
+    ``x[a_k + lane]`` on the lanes of ``ma_k`` and ``x[b_k + lane]`` on those of ``mb_k`` (two
+    masked loads into one register)."""
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), BLOCK)
+        four, zero = ir.Constant(ir.IntType(32), 4), ir.Constant(vec, [0.0] * BLOCK)
+        wp = _pointer(context, builder, sig.args[1], args[1], args[2])
+        xs = []
+        for k in range(2):
+            first = _masked(builder, "load", [
+                _vector_at(builder, _pointer(context, builder, sig.args[3], args[3],
+                                             args[4 + 2 * k]), 0),
+                four, _lane_mask(builder, args[8 + 2 * k]), zero])
+            xs.append(_masked(builder, "load", [
+                _vector_at(builder, _pointer(context, builder, sig.args[3], args[3],
+                                             args[5 + 2 * k]), 0),
+                four, _lane_mask(builder, args[9 + 2 * k]), first]))
+        for o in range(OUT_BLOCK):
+            s = _splat(builder, builder.load(builder.gep(wp, [ir.Constant(ir.IntType(64), o)])))
+            for k in range(2):
+                p = _vector_at(builder, args[0], o * 2 + k)
+                a = builder.load(p, align=4)
+                builder.store(builder.fadd(a, builder.fmul(s, xs[k], flags=["fast"]),
+                                           flags=["fast"]), p, align=4)
+        return context.get_dummy_value()
 
+    i64 = types.int64
+    return types.void(acc, weights, w_at, x, i64, i64, i64, i64, i64, i64, i64, i64), codegen
+
+
+@intrinsic
+def _store_seg(typingctx, acc, out, a0, b0, a1, b1, stride, count, ma0, mb0, ma1, mb1, relu,
+               res, add):  # pragma: no cover - compiled
+    """Accumulator row o (o < ``count``) of vector k to ``out[a_k + o * stride + lane]`` on the
+    lanes of ``ma_k`` and to ``out[b_k + o * stride + lane]`` on those of ``mb_k`` (two
+    images); with ``add``, plus ``res`` at the same places (a residual); then with ``relu``
+    max(0, .)."""
     def codegen(context, builder, sig, args):
         vec = ir.VectorType(ir.FloatType(), BLOCK)
         zero = ir.Constant(vec, [0.0] * BLOCK)
         four = ir.Constant(ir.IntType(32), 4)
-        base = _pointer(context, builder, sig.args[1], args[1], args[2])
-        rbase = _pointer(context, builder, sig.args[8], args[8], args[2])
-        masks = [_lane_mask(builder, args[5 + k]) for k in range(nv)]
+        places = [(args[2 + 2 * k + j], _lane_mask(builder, args[8 + 2 * k + j]))
+                  for k in range(2) for j in range(2)]  # (a0, b0, a1, b1)
         for o in range(OUT_BLOCK):
-            live = builder.icmp_signed("<", ir.Constant(ir.IntType(64), o), args[4])
+            live = builder.icmp_signed("<", ir.Constant(ir.IntType(64), o), args[7])
             with builder.if_then(live):
-                step = builder.mul(args[3], ir.Constant(ir.IntType(64), o))
-                row, rrow = builder.gep(base, [step]), builder.gep(rbase, [step])
-                for k in range(nv):
-                    a = builder.load(_vector_at(builder, args[0], o * nv + k), align=4)
-                    r = _masked(builder, "load", [_vector_at(builder, rrow, k), four, masks[k],
-                                                  zero])
-                    a = builder.select(args[9], builder.fadd(a, r, flags=["fast"]), a)
+                step = builder.mul(args[6], ir.Constant(ir.IntType(64), o))
+                for k in range(2):
+                    a = builder.load(_vector_at(builder, args[0], o * 2 + k), align=4)
+                    r = zero
+                    spots = []
+                    for at, mask in places[2 * k:2 * k + 2]:
+                        at = builder.add(at, step)
+                        spots.append((_vector_at(builder, _pointer(
+                            context, builder, sig.args[1], args[1], at), 0), mask))
+                        r = _masked(builder, "load", [_vector_at(builder, _pointer(
+                            context, builder, sig.args[13], args[13], at), 0), four, mask, r])
+                    a = builder.select(args[14], builder.fadd(a, r, flags=["fast"]), a)
                     cut = builder.select(builder.fcmp_ordered("<", a, zero), zero, a)
-                    _masked(builder, "store", [builder.select(args[7], cut, a),
-                                               _vector_at(builder, row, k), four, masks[k]])
+                    a = builder.select(args[12], cut, a)
+                    for spot, mask in spots:
+                        _masked(builder, "store", [a, spot, four, mask])
         return context.get_dummy_value()
 
-    return types.void(acc, out, at, types.int64, types.int64, mask0, mask1, relu, res, add,
-                      vectors), codegen
+    i64 = types.int64
+    return types.void(acc, out, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, relu, res,
+                      add), codegen
 
 
 @intrinsic
@@ -234,15 +275,18 @@ def _unzip(typingctx, x, x_at, count, even, odd, out, at0, at1):  # pragma: no c
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _tap_masks(h, w, oh, ow, pad_h, pad_w, kh, kw, sy, sx, vectors):  # pragma: no cover
+def _tap_masks(h, w, oh, ow, pad_h, pad_w, kh, kw, sy, sx, vectors,
+               images):  # pragma: no cover - compiled
     # masks[v, ky, kx]: the lanes of flat output vector v whose tap (ky, kx) reads inside the
-    # image; masks[v, kh, 0]: the lanes that are output positions.
+    # image; masks[v, kh, 0]: the lanes that are output positions. The flat output runs
+    # through ``images`` planes one after another.
     masks = np.zeros((vectors, kh + 1, max(kw, 1)), dtype=np.int64)
     for v in range(vectors):
         for i in range(BLOCK):
-            p = v * BLOCK + i
-            if p >= oh * ow:
+            q = v * BLOCK + i
+            if q >= images * oh * ow:
                 continue
+            p = q % (oh * ow)
             y, xo = p // ow, p % ow
             masks[v, kh, 0] |= 1 << i
             for ky in range(kh):
@@ -254,6 +298,22 @@ def _tap_masks(h, w, oh, ow, pad_h, pad_w, kh, kw, sy, sx, vectors):  # pragma: 
                     if 0 <= ix < w:
                         masks[v, ky, kx] |= 1 << i
     return masks
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _segments(positions, images, vectors):  # pragma: no cover - compiled
+    # Per flat output vector: the image of its first lane, that lane's position in its image,
+    # and the lanes in that image (the others, if any, are in the next image).
+    image = np.empty(vectors, dtype=np.int64)
+    offset = np.empty(vectors, dtype=np.int64)
+    lanes = np.zeros(vectors, dtype=np.int64)
+    for v in range(vectors):
+        g = min(v * BLOCK // positions, images - 1)
+        image[v], offset[v] = g, v * BLOCK - g * positions
+        for i in range(BLOCK):
+            if v * BLOCK + i < (g + 1) * positions:
+                lanes[v] |= 1 << i
+    return image, offset, lanes
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -306,43 +366,61 @@ def _geometry(x, kh, kw, pad_h, pad_w, sy, sx, ow, masks):  # pragma: no cover -
     return rows, plane, needed, shifts
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _add_taps(acc, flat_w, w_at, src, base, cstep, masks, shifts, v,
-              channels):  # pragma: no cover - compiled
-    # Every tap of one conv into the accumulators of flat output vectors v, v + 1: two masked
-    # loads at the tap's shift of the input plane (or phase) per input channel.
+@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+def _add_taps(acc, flat_w, w_at, src, ibase, istride, positions, cstep, masks, shifts, v,
+              channels, image, offset, lanes):  # pragma: no cover - compiled
+    # Every tap of one conv into the accumulators of flat output vectors v, v + 1: per input
+    # channel, two masked loads at the tap's shift of the input plane (or phase), or four
+    # where a vector's lanes run from one image into the next.
     kh, kw = shifts.shape
+    a0 = ibase + image[v] * istride + offset[v]
+    a1 = ibase + image[v + 1] * istride + offset[v + 1]
+    one_image = image[v] == image[v + 1]
     for ky in range(kh):
         for kx in range(kw):
             m0, m1 = masks[v, ky, kx], masks[v + 1, ky, kx]
             if m0 == 0 and m1 == 0:
                 continue  # the whole tap falls in the padding
-            at = base + v * BLOCK + shifts[ky, kx]
-            for c in range(channels):
-                _tap(acc, flat_w, w_at + ((c * kh + ky) * kw + kx) * OUT_BLOCK,
-                     src, at + c * cstep, m0, m1, 2)
+            shift = shifts[ky, kx]
+            w_tap = w_at + (ky * kw + kx) * OUT_BLOCK
+            n0, n1 = m0 & ~lanes[v], m1 & ~lanes[v + 1]  # lanes in the next image
+            if one_image and n0 == 0 and n1 == 0:
+                for c in range(channels):
+                    _tap(acc, flat_w, w_tap + c * kh * kw * OUT_BLOCK, src,
+                         a0 + shift + c * cstep, m0, m1, 2)
+            else:
+                b0, b1 = a0 + istride - positions, a1 + istride - positions
+                for c in range(channels):
+                    at = shift + c * cstep
+                    _tap_seg(acc, flat_w, w_tap + c * kh * kw * OUT_BLOCK, src, a0 + at,
+                             b0 + at, a1 + at, b1 + at, m0 & lanes[v], n0,
+                             m1 & lanes[v + 1], n1)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h, pad2_w,
-                sy2, sx2, masks2, two, relu, res, add, out, first,
+                sy2, sx2, masks2, two, relu, res, add, out, per, image, offset, lanes, first,
                 last):  # pragma: no cover - compiled
-    # Work items first:last of (image, output block), in that order; one thread. For each
-    # pair of flat output vectors, every tap is two masked loads at one shift of a plane as
-    # wide as the output: the image itself at stride 1, else one of its strided sub-images
-    # (phases), split once per image into a buffer that stays in cache. With ``two``, a
-    # second conv (x2, weights2, ...: a shortcut) adds into the same accumulators.
+    # Work items first:last of (group of ``per`` images, output block), in that order; one
+    # thread. The group's output planes run one after another as one flat output; for each
+    # pair of its vectors, every tap is two masked loads at one shift of a plane as wide as
+    # the output (four where a vector spans two images): the image itself at stride 1, else
+    # one of its strided sub-images (phases), split once per group into a buffer that stays
+    # in cache. With ``two``, a second conv (x2, weights2, ...: a shortcut) adds into the same
+    # accumulators. masks[0] / masks[1]: a full group's, the last group's.
     _wide_vectors()
-    channels, channels2 = x.shape[1], x2.shape[1]
+    n, channels, channels2 = x.shape[0], x.shape[1], x2.shape[1]
     n_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    positions = oh * ow
     blocks = weights.shape[0]
     rows, plane, needed, shifts = _geometry(x, weights.shape[2], weights.shape[3], pad_h,
-                                            pad_w, sy, sx, ow, masks)
+                                            pad_w, sy, sx, ow, masks[0])
     rows2, plane2, needed2, shifts2 = _geometry(x2, weights2.shape[2], weights2.shape[3],
-                                                pad2_h, pad2_w, sy2, sx2, ow, masks2)
+                                                pad2_h, pad2_w, sy2, sx2, ow, masks2[0])
     strided, strided2 = sy > 1 or sx > 1, two and (sy2 > 1 or sx2 > 1)
-    phases = np.empty(channels * sy * sx * plane if strided else 1, dtype=np.float32)
-    phases2 = np.empty(channels2 * sy2 * sx2 * plane2 if strided2 else 1, dtype=np.float32)
+    istride, istride2 = channels * sy * sx * plane, channels2 * sy2 * sx2 * plane2  # an image
+    phases = np.empty(per * istride if strided else 1, dtype=np.float32)
+    phases2 = np.empty(per * istride2 if strided2 else 1, dtype=np.float32)
     src = phases if strided else x.reshape(x.size)
     src2 = phases2 if strided2 else x2.reshape(x2.size)
     flat_w, flat_w2 = weights.reshape(weights.size), weights2.reshape(weights2.size)
@@ -350,39 +428,71 @@ def _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad
     acc = _stack_floats(256)  # OUT_BLOCK * PAIR floats, a literal
     per_block = channels * weights.shape[2] * weights.shape[3] * OUT_BLOCK
     per_block2 = channels2 * weights2.shape[2] * weights2.shape[3] * OUT_BLOCK
+    ostride = n_out * positions  # an image of the output
     split = -1
     for item in range(first, last):
-        img, blk = item // blocks, item % blocks
-        if img != split:
-            if strided:
-                _split_phases(x, img, sy, sx, rows, ow, needed, phases)
-            if strided2:
-                _split_phases(x2, img, sy2, sx2, rows2, ow, needed2, phases2)
-            split = img
-        base = 0 if strided else img * channels * plane
-        base2 = 0 if strided2 else img * channels2 * plane2
-        for v in range(0, masks.shape[0], 2):
+        group, blk = item // blocks, item % blocks
+        img0 = group * per
+        full = min(per, n - img0) == per
+        m, m2 = (masks[0], masks2[0]) if full else (masks[1], masks2[1])
+        if group != split:
+            for g in range(min(per, n - img0)):
+                if strided:
+                    _split_phases(x, img0 + g, sy, sx, rows, ow, needed,
+                                  phases[g * istride:(g + 1) * istride])
+                if strided2:
+                    _split_phases(x2, img0 + g, sy2, sx2, rows2, ow, needed2,
+                                  phases2[g * istride2:(g + 1) * istride2])
+            split = group
+        ibase = 0 if strided else img0 * istride
+        ibase2 = 0 if strided2 else img0 * istride2
+        obase = (img0 * n_out + blk * OUT_BLOCK) * positions
+        for v in range(0, m.shape[0], 2):
             _fill(acc, bias, blk * OUT_BLOCK, 2)
-            _add_taps(acc, flat_w, blk * per_block, src, base, sy * sx * plane, masks, shifts,
-                      v, channels)
+            _add_taps(acc, flat_w, blk * per_block, src, ibase, istride, positions,
+                      sy * sx * plane, m, shifts, v, channels, image, offset, lanes)
             if two:
-                _add_taps(acc, flat_w2, blk * per_block2, src2, base2, sy2 * sx2 * plane2,
-                          masks2, shifts2, v, channels2)
-            _store(acc, flat_out, (img * n_out + blk * OUT_BLOCK) * oh * ow + v * BLOCK,
-                   oh * ow, min(OUT_BLOCK, n_out - blk * OUT_BLOCK), masks[v, -1, 0],
-                   masks[v + 1, -1, 0], relu, flat_res, add, 2)
+                _add_taps(acc, flat_w2, blk * per_block2, src2, ibase2, istride2, positions,
+                          sy2 * sx2 * plane2, m2, shifts2, v, channels2, image, offset, lanes)
+            o0, o1 = m[v, -1, 0], m[v + 1, -1, 0]  # the lanes that are output positions
+            a0 = obase + image[v] * ostride + offset[v]
+            a1 = obase + image[v + 1] * ostride + offset[v + 1]
+            _store_seg(acc, flat_out, a0, a0 + ostride - positions, a1,
+                       a1 + ostride - positions, positions,
+                       min(OUT_BLOCK, n_out - blk * OUT_BLOCK), o0 & lanes[v], o0 & ~lanes[v],
+                       o1 & lanes[v + 1], o1 & ~lanes[v + 1], relu, flat_res, add)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def _direct_conv(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h, pad2_w,
-                 sy2, sx2, masks2, two, relu, res, add, out,
+                 sy2, sx2, masks2, two, relu, res, add, out, per, image, offset, lanes,
                  chunks):  # pragma: no cover - compiled
-    # (image, output block) items in ``chunks`` contiguous ranges, one per thread.
-    items = x.shape[0] * weights.shape[0]
+    # (group of images, output block) items in ``chunks`` contiguous ranges, one per thread.
+    items = -(-x.shape[0] // per) * weights.shape[0]
     for t in numba.prange(chunks):
         _conv_items(x, weights, bias, pad_h, pad_w, sy, sx, masks, x2, weights2, pad2_h,
-                    pad2_w, sy2, sx2, masks2, two, relu, res, add, out,
-                    t * items // chunks, (t + 1) * items // chunks)
+                    pad2_w, sy2, sx2, masks2, two, relu, res, add, out, per, image, offset,
+                    lanes, t * items // chunks, (t + 1) * items // chunks)
+
+
+def _images_per_item(positions: int, n: int, most: int = 16, waste: float = 0.03) -> int:
+    """Images whose output planes one work item runs as one flat output: the fewest (up to
+    ``most``) that leave at most ``waste`` of the vector pairs' lanes empty, else the emptiest.
+    A 7 x 7 plane alone fills 49 of 64 lanes, seven in a row 343 of 352; a 28 x 28 plane fills
+    784 of 800 alone. Planes smaller than a vector stay one per item."""
+    if positions < BLOCK:
+        return 1
+
+    def empty(g: int) -> float:
+        return (-(-g * positions // PAIR) * PAIR - g * positions) / (g * positions)
+
+    best = 1
+    for g in range(1, max(1, min(n, most)) + 1):
+        if empty(g) <= waste:
+            return g
+        if empty(g) < empty(best):
+            best = g
+    return best
 
 
 def _check_geometry(name: str, x: np.ndarray, weights: np.ndarray, kernel_size, padding,
@@ -433,10 +543,15 @@ def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_chan
         if residual.shape != out.shape:
             raise ValueError(f"residual of shape {residual.shape} does not match the output's "
                              f"{out.shape}")
-    vectors = -(-oh * ow // PAIR) * 2  # flat output vectors, in pairs
-    kh, kw = kernel_size
-    masks = _tap_masks(x.shape[2], x.shape[3], oh, ow, padding[0], padding[1], kh, kw,
-                       stride[0], stride[1], vectors)
+    per = _images_per_item(oh * ow, n)
+    vectors = -(-per * oh * ow // PAIR) * 2  # flat output vectors of a group, in pairs
+    last = n - (-(-n // per) - 1) * per  # images in the last group
+
+    def masks_of(x, kernel, pad, strides):
+        return np.stack([_tap_masks(x.shape[2], x.shape[3], oh, ow, pad[0], pad[1], *kernel,
+                                    *strides, vectors, g) for g in (per, last)])
+
+    masks = masks_of(x, kernel_size, padding, stride)
     x2, weights2, padding2, stride2, masks2 = x, weights, padding, stride, masks
     if shortcut is not None:
         x2, (weights2, bias2), kernel2, padding2, stride2 = shortcut
@@ -447,11 +562,10 @@ def direct_conv2d(x: np.ndarray, packed: tuple[np.ndarray, np.ndarray], out_chan
         if _check_geometry("shortcut: ", x2, weights2, kernel2, padding2, stride2) != (oh, ow):
             raise ValueError(f"shortcut: its output is not {oh} x {ow}, the conv's")
         bias = bias + bias2
-        masks2 = _tap_masks(x2.shape[2], x2.shape[3], oh, ow, padding2[0], padding2[1],
-                            *kernel2, stride2[0], stride2[1], vectors)
-    chunks = max(1, min(numba.get_num_threads(), n * weights.shape[0]))
+        masks2 = masks_of(x2, kernel2, padding2, stride2)
+    chunks = max(1, min(numba.get_num_threads(), -(-n // per) * weights.shape[0]))
     _direct_conv(x, weights, bias, padding[0], padding[1], stride[0], stride[1], masks,
                  x2, weights2, padding2[0], padding2[1], stride2[0], stride2[1], masks2,
                  shortcut is not None, bool(relu), out if residual is None else residual,
-                 residual is not None, out, chunks)
+                 residual is not None, out, per, *_segments(oh * ow, per, vectors), chunks)
     return out
