@@ -112,6 +112,17 @@ def _masked(builder, name, args):
     return builder.call(fn, args)
 
 
+def _multiply_add(builder, acc, wp, xs):
+    # acc[o, k] += wp[o] * xs[k] for o < OUT_BLOCK and the loaded input vectors xs.
+    for o in range(OUT_BLOCK):
+        s = _splat(builder, builder.load(builder.gep(wp, [ir.Constant(ir.IntType(64), o)])))
+        for k, x in enumerate(xs):
+            p = _vector_at(builder, acc, o * len(xs) + k)
+            a = builder.load(p, align=4)
+            builder.store(builder.fadd(a, builder.fmul(s, x, flags=["fast"]), flags=["fast"]),
+                          p, align=4)
+
+
 @intrinsic
 def _tap(typingctx, acc, weights, w_at, x, x_at, mask0, mask1,
          vectors):  # pragma: no cover - compiled
@@ -131,13 +142,7 @@ def _tap(typingctx, acc, weights, w_at, x, x_at, mask0, mask1,
         xs = [_masked(builder, "load", [_vector_at(builder, xp, k), ir.Constant(ir.IntType(32), 4),
                                         _lane_mask(builder, args[5 + k]), zero])
               for k in range(nv)]
-        for o in range(OUT_BLOCK):
-            s = _splat(builder, builder.load(builder.gep(wp, [ir.Constant(ir.IntType(64), o)])))
-            for k in range(nv):
-                p = _vector_at(builder, args[0], o * nv + k)
-                a = builder.load(p, align=4)
-                builder.store(builder.fadd(a, builder.fmul(s, xs[k], flags=["fast"]),
-                                           flags=["fast"]), p, align=4)
+        _multiply_add(builder, args[0], wp, xs)
         return context.get_dummy_value()
 
     return types.void(acc, weights, w_at, x, x_at, mask0, mask1, vectors), codegen
@@ -181,13 +186,7 @@ def _tap_seg(typingctx, acc, weights, w_at, x, a0, b0, a1, b1, ma0, mb0, ma1,
                 _vector_at(builder, _pointer(context, builder, sig.args[3], args[3],
                                              args[5 + 2 * k]), 0),
                 four, _lane_mask(builder, args[9 + 2 * k]), first]))
-        for o in range(OUT_BLOCK):
-            s = _splat(builder, builder.load(builder.gep(wp, [ir.Constant(ir.IntType(64), o)])))
-            for k in range(2):
-                p = _vector_at(builder, args[0], o * 2 + k)
-                a = builder.load(p, align=4)
-                builder.store(builder.fadd(a, builder.fmul(s, xs[k], flags=["fast"]),
-                                           flags=["fast"]), p, align=4)
+        _multiply_add(builder, args[0], wp, xs)
         return context.get_dummy_value()
 
     i64 = types.int64
@@ -322,7 +321,9 @@ def _split_phases(x, img, sy, sx, rows, cols, needed, phases):  # pragma: no cov
     # sx j + px]: image ``img`` as sy x sx strided sub-images, each rows x cols, for the
     # phases some tap reads (``needed[py, px]``; other phases and cells past the image are left
     # as they are: no tap reads them). Stride 2 across (the common case) is vectorised: 32
-    # floats of a row at a time, unzipped into the two column phases.
+    # floats of a row at a time, unzipped into the two column phases. (``kernels``'
+    # ``_split_phases`` splits a whole batch for the sparse conv: a pass over memory, which for
+    # this kernel cost as much as the conv.)
     channels, h, w = x.shape[1], x.shape[2], x.shape[3]
     plane = rows * cols
     flat = x.reshape(x.size)

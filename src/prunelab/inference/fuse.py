@@ -15,6 +15,8 @@ the same in a dense and a compacted model, so they also hide what compaction sav
 each into one ``FusedConv2d``. That module runs on torch (its conv, then the add and ReLU in
 place on the conv's fresh output) or on prunelab's direct convolution (``inference.direct_conv``)
 with the epilogue applied to the accumulators before they are stored (``backend``).
+``inference.sparse.auto_sparsify`` fuses first and then picks each fused conv's backend by
+timing it.
 
 Then a residual that is itself a fused conv with no epilogue of its own, read only there (a
 ResNet's projection shortcut: 1 x 1 conv, stride 2, BatchNorm), becomes part of the conv it
@@ -22,8 +24,6 @@ feeds (``FusedConv2d.absorb``): on the direct backend both convs add into the sa
 accumulators, so the shortcut's output is never written out and read back. Measured in the
 ResNet at batch 256 (2 threads, two profiles of one session): stage 2's conv with its shortcut
 took 5.0 ms dense and 2.8 ms compacted, against 4.4 + 1.6 and 2.5 + 1.3 ms as two convs.
-``inference.sparse.auto_sparsify`` fuses first and then picks each fused conv's backend by
-timing it.
 
 Tracing goes top-down: a module that ``torch.fx`` cannot trace (data-dependent control flow) is
 left as it is and its children are tried instead. ``as_images`` (the zoo's input check) is kept
@@ -157,7 +157,7 @@ class FusedConv2d(nn.Module):
         if self.shortcut is not None:
             if self.backend == "direct" and self._packed_shortcut is not None and direct_fits(
                     self, x) and direct_fits(self.shortcut, residual):
-                y = self._direct(x, None, shortcut=residual)
+                y = self._direct(x, None, shortcut_x=residual)
                 if y is not None:
                     return y
             residual = self.shortcut(residual)
@@ -182,19 +182,20 @@ class FusedConv2d(nn.Module):
                 (w + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1)
 
     def _direct(self, x: torch.Tensor, residual: torch.Tensor | None,
-                shortcut: torch.Tensor | None = None) -> torch.Tensor | None:
-        """On the direct kernel, or None where a residual or shortcut output would need
-        broadcasting (then torch's add does it)."""
+                shortcut_x: torch.Tensor | None = None) -> torch.Tensor | None:
+        """On the direct kernel (with the absorbed shortcut on ``shortcut_x``, if given), or
+        None where a residual or shortcut output would need broadcasting (then torch's add
+        does it)."""
         from prunelab.inference.direct_conv import direct_conv2d
 
         out_shape = self._out_shape(x)
         extra = None
-        if shortcut is not None:
-            if self.shortcut._out_shape(shortcut) != out_shape:
-                return None
+        if shortcut_x is not None:
             s = self.shortcut
-            extra = (shortcut.detach().numpy(), self._packed_shortcut, s.kernel_size, s.padding,
-                     s.stride)
+            if s._out_shape(shortcut_x) != out_shape:
+                return None
+            extra = (shortcut_x.detach().numpy(), self._packed_shortcut, s.kernel_size,
+                     s.padding, s.stride)
         if residual is not None and tuple(residual.shape) != out_shape:
             return None
         return torch.from_numpy(direct_conv2d(
@@ -292,7 +293,8 @@ def _fuse_graph(gm: fx.GraphModule, prefix: str) -> list[str]:
         fused.append(f"{prefix}{name}")
     for node in list(gm.graph.nodes):  # projection shortcuts into the convs they feed
         owner = _module(gm, node)
-        if not isinstance(owner, FusedConv2d) or not owner.residual or len(node.args) != 2:
+        if not isinstance(owner, FusedConv2d) or not owner.residual or owner.shortcut or len(
+                node.args) != 2:
             continue
         source = node.args[1]
         shortcut = _module(gm, source) if isinstance(source, fx.Node) else None
@@ -302,7 +304,8 @@ def _fuse_graph(gm: fx.GraphModule, prefix: str) -> list[str]:
             owner.absorb(shortcut)
             node.args = (node.args[0], source.args[0])
             gm.graph.erase_node(source)
-            fused.remove(f"{prefix}{source.target}")
+            if f"{prefix}{source.target}" in fused:  # not if it was fused before this call
+                fused.remove(f"{prefix}{source.target}")
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
