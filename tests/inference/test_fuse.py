@@ -115,6 +115,7 @@ def test_zoo_models_fuse_and_keep_their_outputs(family: str) -> None:
         for name in projections:
             owner = fused.get_submodule(name.replace("shortcut.0", "conv2"))
             assert owner.residual and owner.shortcut.kernel_size == (1, 1)
+    assert fuse_convs(fused)[1] == []  # a fused model has nothing left to fuse
     for m in fused.modules():
         if isinstance(m, FusedConv2d) and direct_fits(m, torch.zeros(1, 1, 28, 28)):
             m.set_backend("direct")
