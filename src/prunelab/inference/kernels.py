@@ -12,19 +12,24 @@ reloads and stores the accumulator for every nonzero (measured 1.5x slower). The
 compiled for 512-bit vectors (``_wide_vectors``), the tiles start on cache lines, and a
 batch-major input enters a tile by 16 x 16 register transposes (``_transpose_block``).
 
-Where the time goes (weight-pruned 95 % seed MLP, 2 threads, batch 1024): about 2.2 ns per
-nonzero and tile (one thread); the transposes and the per-row work are a tenth. That rate is
-the core's, not the memory's: with the activations held in L1 (64-128 rows) a nonzero takes the
-same 2.1-2.3 ns, and 2.1 ns without its index and value loads; a second set of accumulators, 2
-rows at once, premultiplied row offsets and 128- or 256-sample tiles all measured 0.52-0.8 ns
-per 16 samples, as did one 64-bit word per nonzero for its index and value (4 %), and loads
-addressed from one register instead of base + index (no micro-op un-lamination here). Each
-multiply-add needs its own 64-byte activation load (no two rows of an unstructured sparse
-matrix share many columns: grouping 2 rows would save 3-7 % of the loads here), and this core
-does 2.4 such loads per ns: 16-lane FMAs on registers run at 5.2 per ns, with an L1 operand
-at 2.4 (8 accumulators either way), so the kernel runs at 85-90 % of what its loads allow.
-Blocking the rows or the columns for L1 was slower at 1-5 % density (each row then has too
-few nonzeros per block), as were software prefetches.
+Where the time goes (weight-pruned 95 % seed MLP, batch 1024, ``benchmarks/kernel_bounds.py``):
+1.8-2.3 ns per nonzero and 64-sample tile on one thread, layer by layer (in this VM's faster
+state; all figures here drop together in its slow one); the input's transposes add 5 %. This
+core runs 4.2 16-lane multiply-adds with an L1 operand per ns (8 accumulators), 0.95 ns for a
+nonzero's four, and the kernel runs at about half that rate. With the column indices folded so
+that every activation read hits L1 (the same nonzeros and instructions), a nonzero takes 1.4-1.6
+ns: a quarter of the time (0.21-0.30 by layer) is activation rows read from L2. A layer's rows,
+1000 x 256 bytes, are five times this core's L1 (48 KiB), and an unstructured pattern shares few
+columns between nearby rows: an L1 that kept the 150 most recently used rows would serve 16-35 %
+of the reads. In L1, what a nonzero takes beyond the 0.95 ns of its multiply-adds is its index
+and value loads, its address and the loop. Measured no better, within this VM's drift of about
+10 %: a second set of accumulators (two rows at once: 9 % faster with every read in L1, no
+faster as packed), premultiplied row offsets, one 64-bit word per nonzero for its index and
+value, tiles of 128 or 256 samples, tiles of 16 or 32 (a smaller working set, but two or four
+times the index work per sample), rows reordered so that consecutive rows share columns (greedy
+on shared columns: simulated L1 hits went from 16-35 % to 27-49 %; 5-10 % faster at batch 1024,
+up to 10 % slower at batch 64), blocking the rows or the columns for L1 (too few nonzeros per
+block at 1-5 % density), software prefetches, and huge pages for the tiles.
 
 A single sample goes by input columns instead (``csc_matvec``, ``chain_matvec``), skipping
 the columns of zero inputs: after a ReLU, and for background pixels, most inputs are zero.
