@@ -5,7 +5,8 @@ Prunes RUN_DIR's MLP (``--method``, ``--sparsity``), takes one tile of ``CHAIN_T
 through it in float32 (feature-major activations, as the kernel keeps them) and times each
 layer's tile kernel on one thread, round-robin in one process:
 
-- *as packed*: the layer as ``chain_matmul`` runs it;
+- *as packed*: the layer as ``chain_matmul`` runs it, hidden units renumbered by
+  ``pack_csr_chain`` (``kernels.locality_order``);
 - *in L1*: the same nonzeros, values and instructions, with the column indices folded into the
   first ``--fold`` activation rows (``--fold`` x CHAIN_TILE floats, a fraction of L1), so that
   no activation read misses L1. Its outputs are meaningless; only its time counts.
@@ -15,8 +16,9 @@ activation row, CHAIN_TILE floats (four cache lines); a layer's rows (1000 x 256
 seed MLP) are five times the L1 of this machine's cores (48 KiB), and an unstructured pattern
 leaves few reads to share. The table also gives the columns that hold half of each layer's
 nonzeros and the share of reads an L1 of ``--l1-rows`` activation rows would serve if it kept
-the most recently used ones (LRU, simulated over the packed order), and this core's rate of
-16-lane multiply-adds with an L1 operand, the most the kernel's four per nonzero could run at.
+the most recently used ones (LRU, simulated in the trained order and as packed), and this
+core's rate of 16-lane multiply-adds with an L1 operand, the most the kernel's four per nonzero
+could run at.
 
     python benchmarks/kernel_bounds.py /work/runs/fmnist-seed0 --sparsity 95
 
@@ -85,7 +87,7 @@ def _linears(model: nn.Module) -> list[np.ndarray]:
     return [m.weight.detach().numpy().astype(np.float32) for m in layers]
 
 
-def _lru_share(indptr: np.ndarray, indices: np.ndarray, rows: int) -> float:
+def _lru_share(indices: np.ndarray, rows: int) -> float:
     """Share of the nonzeros' activation reads an LRU cache of ``rows`` rows would serve."""
     cache: OrderedDict[int, None] = OrderedDict()
     hits = 0
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(tabulate(_rows(weights, data.test_x, args.fold, args.l1_rows, args.rounds),
                    headers=["layer", "shape", "nonzeros", "columns with half",
-                            f"LRU {args.l1_rows} rows", "us as packed", "ns/nz", "ns/nz in L1",
-                            "L2 share"]))
+                            f"LRU {args.l1_rows} rows: trained / packed", "us as packed",
+                            "ns/nz", "ns/nz in L1", "L2 share"]))
     lanes = kernels.CHAIN_TILE // kernels.BLOCK  # multiply-adds per nonzero
     print(f"\nthis core, one thread: {_peak_fmas_per_ns(args.rounds):.2f} 16-lane multiply-adds "
           f"with an L1 operand per ns (8 accumulators); a nonzero is {lanes} of them")
@@ -143,8 +145,11 @@ def _rows(weights: list[np.ndarray], images: torch.Tensor, fold: int, l1_rows: i
     h = np.ascontiguousarray(images[:width].flatten(1).numpy().T)  # (features, tile)
     table, totals = [], np.zeros(2)
     reps = 50
-    for i, w in enumerate(weights):
-        indptr, indices, values = kernels.csr_arrays(w)
+    trained = [kernels.csr_arrays(w) for w in weights]
+    packed_layers, _ = kernels._renumbered(trained, [None] * len(weights))  # as chain_matmul
+    for i, (w, (indptr, indices, values)) in enumerate(zip(weights, packed_layers, strict=True)):
+        w = np.zeros_like(w)  # the layer in the packed order of its rows and columns
+        w[np.repeat(np.arange(w.shape[0]), np.diff(indptr)), indices] = values
         indptr = indptr.astype(np.int64)
         hin = kernels._aligned((w.shape[1], width))
         hin[:] = h
@@ -165,7 +170,8 @@ def _rows(weights: list[np.ndarray], images: torch.Tensor, fold: int, l1_rows: i
         per_col = np.sort(np.bincount(indices, minlength=w.shape[1]))[::-1]
         half = int(np.searchsorted(np.cumsum(per_col), values.size / 2)) + 1
         table.append([i + 1, f"{w.shape[0]} x {w.shape[1]}", values.size, half,
-                      f"{_lru_share(indptr, indices, l1_rows):.2f}", f"{packed * 1e6:.1f}",
+                      f"{_lru_share(trained[i][1], l1_rows):.2f} / "
+                      f"{_lru_share(indices, l1_rows):.2f}", f"{packed * 1e6:.1f}",
                       f"{packed * 1e9 / nnz:.2f}", f"{in_l1 * 1e9 / nnz:.2f}",
                       f"{1 - in_l1 / packed:.2f}"])
         totals += (packed, in_l1)

@@ -102,6 +102,54 @@ def test_whole_network_in_one_call_matches_dense_layers(batch, bias, threads):
     np.testing.assert_allclose(got, h, atol=1e-4)
 
 
+def test_locality_order_puts_rows_that_share_columns_together():
+    """Rows of four groups, each group on its own 20 columns, shuffled: the order takes each
+    group's rows in one run (three changes of group, against about 30 in the given order)."""
+    rng = np.random.default_rng(0)
+    groups = rng.permutation(np.repeat(np.arange(4), 10))
+    w = np.zeros((40, 80), np.float32)
+    for r, g in enumerate(groups):
+        w[r, rng.choice(20, size=6, replace=False) + 20 * g] = 1 + rng.random(6)
+    w[groups == 2, 40] = 1  # group 2 has the longest rows: it goes first
+    w[groups == 2, 41] = 1
+    indptr, indices, _ = csr_arrays(w)
+    order = kernels.locality_order(indptr, indices, 80)
+    assert sorted(order.tolist()) == list(range(40))
+    assert np.count_nonzero(np.diff(groups[order])) == 3
+    assert np.count_nonzero(np.diff(groups)) > 20
+    assert groups[order[0]] == 2
+
+
+def test_locality_order_keeps_the_given_order_when_too_costly(monkeypatch):
+    monkeypatch.setattr(kernels, "LOCALITY_WORK", 0)
+    w = np.eye(5, dtype=np.float32)[::-1].copy()
+    indptr, indices, _ = csr_arrays(w)
+    np.testing.assert_array_equal(kernels.locality_order(indptr, indices, 5), np.arange(5))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_hidden_units_renumbered_for_locality_compute_the_same(bias):
+    """``pack_csr_chain`` renumbers the hidden units (rows, biases and the next layer's columns
+    together); the outputs keep their order and equal the given order's."""
+    rng = np.random.default_rng(11)
+    weights, biases, _ = _network(rng, (50, 64, 40, 6), density=0.2, bias=bias)
+    layers = [csr_arrays(w) for w in weights]
+    plain = pack_csr_chain(layers, biases, np.arange(50), locality=False)
+    local = pack_csr_chain(layers, biases, np.arange(50))
+    assert not np.array_equal(plain[1], local[1])  # renumbered
+    np.testing.assert_array_equal(np.sort(plain[2]), np.sort(local[2]))  # the same nonzeros
+    indptr, indices = local[0], local[1]
+    for start, end in zip(indptr[:-1], indptr[1:], strict=True):
+        assert np.all(np.diff(indices[start:end]) > 0)  # each row's columns still sorted
+    for batch in (1, 9, CHAIN_TILE + 7):
+        x = rng.random((batch, 50)).astype(np.float32)
+        np.testing.assert_allclose(chain_matmul(local, x), chain_matmul(plain, x),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(chain_matmul(local, x.T, by_feature=True),
+                                   chain_matmul(plain, x.T, by_feature=True), rtol=1e-5,
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("kept", [0.2, 0.6, 1.0])
 def test_input_features_gathered_or_read_in_place(kept):
     """Few features read: the tile gathers them; most: the first layer reads the input's own
