@@ -13,11 +13,11 @@ compiled for 512-bit vectors (``_wide_vectors``), the tiles start on cache lines
 batch-major input enters a tile by 16 x 16 register transposes (``_transpose_block``).
 
 Where the time goes (weight-pruned 95 % seed MLP, batch 1024, ``benchmarks/kernel_bounds.py``):
-1.8-2.3 ns per nonzero and 64-sample tile on one thread, layer by layer (in this VM's faster
+1.8-2.5 ns per nonzero and 64-sample tile on one thread, layer by layer (in this VM's faster
 state; all figures here drop together in its slow one); the input's transposes add 5 %. This
 core runs 4.2 16-lane multiply-adds with an L1 operand per ns (8 accumulators), 0.95 ns for a
 nonzero's four, and the kernel runs at about half that rate. With the column indices folded so
-that every activation read hits L1 (the same nonzeros and instructions), a nonzero takes 1.4-1.6
+that every activation read hits L1 (the same nonzeros and instructions), a nonzero takes 1.4-1.7
 ns: a fifth to a quarter of the time is activation rows read from L2 (0.20-0.23 of the whole
 network as packed, 0.24-0.31 in the trained order of its units). A layer's rows, 1000 x 256
 bytes, are five times this core's L1 (48 KiB), and an unstructured pattern shares few columns
