@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@torch.no_grad()
 def _rows(weights: list[np.ndarray], images: torch.Tensor, fold: int, l1_rows: int,
           rounds: int) -> list[list]:
     width = kernels.CHAIN_TILE
@@ -147,8 +146,9 @@ def _rows(weights: list[np.ndarray], images: torch.Tensor, fold: int, l1_rows: i
     reps = 50
     trained = [kernels.csr_arrays(w) for w in weights]
     packed_layers, _ = kernels._renumbered(trained, [None] * len(weights))  # as chain_matmul
-    for i, (w, (indptr, indices, values)) in enumerate(zip(weights, packed_layers, strict=True)):
-        w = np.zeros_like(w)  # the layer in the packed order of its rows and columns
+    for i, (trained_w, (indptr, indices, values)) in enumerate(zip(weights, packed_layers,
+                                                                   strict=True)):
+        w = np.zeros_like(trained_w)  # the layer in the packed order of its rows and columns
         w[np.repeat(np.arange(w.shape[0]), np.diff(indptr)), indices] = values
         indptr = indptr.astype(np.int64)
         hin = kernels._aligned((w.shape[1], width))

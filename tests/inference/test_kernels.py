@@ -121,10 +121,22 @@ def test_locality_order_puts_rows_that_share_columns_together():
 
 
 def test_locality_order_keeps_the_given_order_when_too_costly(monkeypatch):
-    monkeypatch.setattr(kernels, "LOCALITY_WORK", 0)
-    w = np.eye(5, dtype=np.float32)[::-1].copy()
+    """Rows 0 and 2 share their columns: ordered, 2 follows 0; over budget, nothing moves."""
+    w = np.zeros((4, 8), np.float32)
+    w[[0, 2], :2] = 1
+    w[1, 5] = w[3, 6] = 1
     indptr, indices, _ = csr_arrays(w)
-    np.testing.assert_array_equal(kernels.locality_order(indptr, indices, 5), np.arange(5))
+    np.testing.assert_array_equal(kernels.locality_order(indptr, indices, 8), [0, 2, 1, 3])
+    monkeypatch.setattr(kernels, "LOCALITY_WORK", 0)
+    np.testing.assert_array_equal(kernels.locality_order(indptr, indices, 8), np.arange(4))
+
+
+def test_locality_order_rejects_columns_past_the_width_and_an_empty_window():
+    indptr, indices, _ = csr_arrays(np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"column indices must lie in 0\.\.1"):
+        kernels.locality_order(indptr, indices, 2)
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        kernels.locality_order(indptr, indices, 3, window=0)
 
 
 @pytest.mark.parametrize("bias", [False, True])

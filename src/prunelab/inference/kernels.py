@@ -229,6 +229,10 @@ def locality_order(indptr: np.ndarray, indices: np.ndarray, n_cols: int,
     27-49 % of the reads instead of 16-35 %. The identity where ordering would cost too much
     (``LOCALITY_WORK``)."""
     n = indptr.size - 1
+    if indices.size and not 0 <= int(indices.min()) <= int(indices.max()) < n_cols:
+        raise ValueError(f"column indices must lie in 0..{n_cols - 1}")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
     counts = np.bincount(indices, minlength=n_cols).astype(np.int64)
     if int((counts * counts).sum()) + n * n > LOCALITY_WORK:
         return np.arange(n)

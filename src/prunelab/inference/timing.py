@@ -129,7 +129,9 @@ def auto_backend(model: nn.Module, batch_size: int, repeats: int = 7,
     options: dict[tuple[str, ...], nn.Module] = {("masked",): model, base.plan: base}
     planned = CompactMLP(base.input_size, base.input_index, layers, base.chunk)
     options.setdefault(planned.plan, planned)
-    options.setdefault(("csr-numba",) * len(layers), with_plan(base, "csr-numba"))
+    all_numba = ("csr-numba",) * len(layers)
+    if all_numba not in options:  # built (and its chain packed) only when not planned already
+        options[all_numba] = with_plan(base, "csr-numba")
     x = torch.rand(batch_size, base.input_size, generator=gen) if inputs is None else inputs
     times = time_calls([lambda m=m: m(x) for m in options.values()], warmup=1,
                        repeats=max(3, repeats // 2), budget_s=2.0, best=True, burst=3)
